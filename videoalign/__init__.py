@@ -1,0 +1,1 @@
+"""videoalign: score, train and align text-to-video models with VideoReward."""
