@@ -1,0 +1,127 @@
+"""The `videoalign` command line: one short Typer function per subcommand, heavy imports inside each.
+
+Every command resolves its config as defaults < `--recipe FILE.yaml` < flags < `--set key=value` (see
+config.py) and hands it to `commands/<cmd>.py`. Errors in the input exit with code 2 and one line naming
+the file or key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="videoalign",
+    help="Score, train and align text-to-video models with VideoReward (VideoAlign, arXiv 2501.13918).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+bench_app = typer.Typer(help="Benchmarks that record their figures as JSON.", no_args_is_help=True)
+speed_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
+bench_app.add_typer(speed_app, name="speed")
+app.add_typer(bench_app, name="bench")
+
+RecipeOpt = typer.Option(None, "--recipe", help="YAML recipe with config keys (see recipes/).")
+SetOpt = typer.Option(None, "--set", help="Override any config key: --set key=value (repeatable).")
+
+
+def _resolve(cls, recipe: Optional[Path], flags: dict, overrides: Optional[list[str]]):
+    """Build the config or exit 2 with the reason."""
+    from videoalign.config import ConfigError, build_config, load_recipe, parse_overrides
+
+    try:
+        layers = [load_recipe(recipe) if recipe else {}, {k: v for k, v in flags.items() if v is not None},
+                  parse_overrides(overrides)]
+        return build_config(cls, *layers)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _fail(message: str, code: int = 2):
+    from videoalign.log import error_line
+
+    error_line(message)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args):
+    """Run a command; user-input errors become one line and exit 2, without a traceback."""
+    from videoalign.log import setup_logging
+
+    setup_logging()
+    try:
+        return fn(*args)
+    except (ValueError, FileNotFoundError) as err:  # DataError, CheckpointError, VideoError, ConfigError
+        _fail(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
+
+
+@app.command()
+def score(
+    video: Optional[str] = typer.Argument(None, help="A video file to score (or use --csv)."),
+    prompt: Optional[str] = typer.Argument(None, help="The text prompt the video was generated from."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="CSV of video,prompt (or path_A,path_B,prompt)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="JSONL file for --csv; reruns resume."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per video instead of a table."),
+    model: Optional[str] = typer.Option(None, help="Hub id, checkpoint folder, or tiny-random."),
+    base_model: Optional[str] = typer.Option(None, help="Base Qwen2-VL (hub id or folder), for offline use."),
+    checkpoint_step: Optional[int] = typer.Option(None, help="checkpoint-<step> to load; default the largest."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, help="Videos per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, help="Decoding threads running ahead of the model."),
+    fps: Optional[float] = typer.Option(None, help="Frames sampled per second (default: the checkpoint's)."),
+    num_frames: Optional[int] = typer.Option(None, help="Fixed frame count instead of --fps."),
+    max_pixels: Optional[int] = typer.Option(None, help="Upper bound on resized frame area."),
+    raw: Optional[bool] = typer.Option(None, "--raw/--normalized", help="Raw head outputs, not z-scores."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Score videos with VideoReward: VQ, MQ, TA and Overall.
+
+    \b
+    One clip:   videoalign score clip.mp4 "a prompt" [--json]
+    Many clips: videoalign score --csv videos.csv --output scores.jsonl
+    N GPUs:     accelerate launch --num_processes N -m videoalign score --csv videos.csv --output scores.jsonl
+    """
+    from videoalign.commands.score import ScoreConfig, run_batch, run_single
+
+    flags = dict(csv=csv, output=output, model=model, base_model=base_model, checkpoint_step=checkpoint_step,
+                 dtype=dtype, device=device, batch_size=batch_size, num_workers=num_workers, fps=fps,
+                 num_frames=num_frames, max_pixels=max_pixels, raw=raw)
+    cfg = _resolve(ScoreConfig, recipe, flags, set_)
+    if cfg.csv:
+        if video or prompt:
+            _fail("pass either VIDEO PROMPT or --csv, not both")
+        raise typer.Exit(_guard(run_batch, cfg))
+    if not video or prompt is None:
+        _fail('pass a video and its prompt (videoalign score clip.mp4 "a prompt") or --csv FILE --output FILE')
+    raise typer.Exit(_guard(run_single, cfg, video, prompt, as_json))
+
+
+@speed_app.command("score")
+def bench_speed_score(
+    csv: Optional[str] = typer.Option(None, "--csv", help="Videos to score (video,prompt or pair CSV)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the JSON figures."),
+    model: Optional[str] = typer.Option(None, help="Hub id, checkpoint folder, or tiny-random."),
+    base_model: Optional[str] = typer.Option(None, help="Base Qwen2-VL (hub id or folder)."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, help="Videos per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, help="Decoding threads."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Time `score`: clips/s, peak RSS, and total time / decode-and-resize-only time, in one run.
+
+    \b
+    videoalign bench speed score --csv videos.csv --model tiny-random --output bench_score.json
+    """
+    from videoalign.commands.bench import SpeedScoreConfig, run_speed_score
+
+    flags = dict(csv=csv, output=output, model=model, base_model=base_model, dtype=dtype, device=device,
+                 batch_size=batch_size, num_workers=num_workers)
+    cfg = _resolve(SpeedScoreConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_score, cfg))

@@ -1,0 +1,119 @@
+"""`videoalign bench ...`: benchmarks that write their figures as JSON.
+
+`bench speed score` measures, in one run and on the same videos: the time to only decode, resize and
+patchify them (through the same prefetching threads), the time to score them end to end, their ratio, clips/s
+and the process's peak RSS. A ratio near 1 means the model hides behind decoding (or vice versa).
+
+1 process: videoalign bench speed score --csv videos.csv --model tiny-random --output bench_score.json
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class SpeedScoreConfig:
+    #: videos to score: a video,prompt CSV or a pair-label CSV
+    csv: str = "../shared/data/videoalign_examples/example.csv"
+    #: JSON file for the figures (printed as well)
+    output: str | None = None
+    #: model to time: tiny-random, a checkpoint folder or a hub id
+    model: str = "tiny-random"
+    #: base Qwen2-VL for reference-layout checkpoints
+    base_model: str | None = None
+    #: compute dtype
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: device
+    device: str = "auto"
+    #: videos per forward pass
+    batch_size: int = 8
+    #: decoding threads
+    num_workers: int = 2
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (threads included), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_speed_score(cfg: SpeedScoreConfig) -> int:
+    import torch
+
+    from videoalign.data import prefetch, read_score_csv, write_atomic
+    from videoalign.log import console, stdout
+    from videoalign.reward import VideoReward
+
+    items = [it for it in read_score_csv(cfg.csv) if not it.error]
+    if not items:
+        raise ValueError(f"{cfg.csv}: no videos to benchmark")
+    start = time.perf_counter()
+    rm = VideoReward.from_pretrained(cfg.model, base_model=cfg.base_model, dtype=cfg.dtype, device=cfg.device)
+    load_s = time.perf_counter() - start
+    ahead = max(2 * cfg.batch_size, cfg.num_workers)
+
+    # 1. Warm-up: one clip through decode and the model, so neither timing pays one-off costs.
+    warm = rm.prepare(items[0].path, items[0].prompt)
+    rm.score_prepared([warm])
+    _sync(rm.device)
+
+    # 2. Decode + resize + patchify + tokenise only, through the same prefetching threads.
+    start = time.perf_counter()
+    failures = 0
+    for _, result in prefetch(lambda it: rm.prepare(it.path, it.prompt), items, cfg.num_workers, ahead):
+        failures += isinstance(result, Exception)
+    decode_s = time.perf_counter() - start
+
+    # 3. End-to-end scoring of the same videos.
+    start = time.perf_counter()
+    scored = 0
+    for chunk in rm.iter_scores([(it, it.prompt) for it in items], batch_size=cfg.batch_size,
+                                num_workers=cfg.num_workers):
+        scored += sum(1 for _, r in chunk if "error" not in r)
+    _sync(rm.device)
+    score_s = time.perf_counter() - start
+
+    figures = {
+        "benchmark": "speed/score",
+        "model": cfg.model,
+        "clips": len(items),
+        "scored": scored,
+        "failed": failures,
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "dtype": str(next(rm.model.parameters()).dtype).replace("torch.", ""),
+        "device": str(rm.device),
+        "load_s": round(load_s, 3),
+        "decode_resize_s": round(decode_s, 3),
+        "score_s": round(score_s, 3),
+        "clips_per_s": round(len(items) / score_s, 3),
+        "score_over_decode": round(score_s / decode_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if rm.device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    text = json.dumps(figures, indent=2)
+    if cfg.output:
+        write_atomic(cfg.output, text + "\n")
+        console.print(f"wrote {cfg.output}", highlight=False)
+    stdout.print(text, markup=False, highlight=False)
+    return 0
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

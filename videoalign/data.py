@@ -1,0 +1,190 @@
+"""Records and their files: score-job CSVs, JSONL results, atomic writes and the prefetching worker pool.
+
+CSV inputs (paths relative to the CSV's folder):
+- `video,prompt`: one video per row;
+- the reference's pair-label CSV `path_A,path_B,prompt,...`: every distinct video is scored once, with the
+  prompt of its first occurrence (REFERENCE.md 9.6).
+
+JSONL outputs are append-only while a job runs (one `write` per batch, then fsync) and readers drop a torn
+last line, so a killed job loses nothing it wrote. Final files are written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DataError(ValueError):
+    """A whole input file is unusable; the message names the file and what to change."""
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One video to score. `key` identifies it across runs (the normalised path as written in the CSV)."""
+
+    key: str
+    video: str  # as written in the input, reported back in the output
+    path: Path  # resolved location on disk
+    prompt: str
+    #: set when the CSV row itself is unusable; the item is reported with this error and not scored
+    error: str | None = None
+
+
+def video_key(video: str) -> str:
+    """`./videos/a.mp4` and `videos/a.mp4` are the same video."""
+    return os.path.normpath(video)
+
+
+def read_score_csv(path: str | Path) -> list[ScoreItem]:
+    """Read a `video,prompt` CSV or a pair-label CSV into distinct ScoreItems, in first-seen order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such CSV file; check the --csv path")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    if "video" in columns and "prompt" in columns:
+        video_columns = ["video"]
+    elif {"path_A", "path_B", "prompt"} <= set(columns):
+        video_columns = ["path_A", "path_B"]
+    else:
+        raise DataError(
+            f"{path}: needs the columns video,prompt (or path_A,path_B,prompt for pairs); found "
+            f"{','.join(columns) or 'no header'}; add a header row with those names"
+        )
+    root = path.parent
+    items: dict[str, ScoreItem] = {}
+    for row_number, row in enumerate(rows, start=2):  # line 1 is the header
+        row = {(k or "").strip(): v for k, v in row.items()}
+        prompt = row.get("prompt")
+        for column in video_columns:
+            video = (row.get(column) or "").strip()
+            if not video:
+                key = f"<{path.name} row {row_number} {column}>"
+                items.setdefault(key, ScoreItem(key, "", root, prompt or "",
+                                                error=f"{path} row {row_number}: empty {column}; fill in a video path"))
+                continue
+            key = video_key(video)
+            if key in items:
+                continue
+            error = None
+            if prompt is None:
+                error = f"{path} row {row_number}: missing prompt cell; add the prompt text"
+            items[key] = ScoreItem(key, video, (root / video), prompt or "", error=error)
+    return list(items.values())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file; a torn last line (a killed writer) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    with path.open("rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # unterminated final line: a write cut short
+                break
+            raise DataError(f"{path} line {number}: not valid JSON; delete the line or the file") from None
+    return records
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records with one write call and fsync, so a kill leaves whole lines (or one torn last line)."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    if not payload:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        # A previous writer killed mid-line leaves no trailing newline: start on a fresh line.
+        if os.fstat(fd).st_size > 0:
+            with path.open("rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    payload = b"\n" + payload
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file under a temp name in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[tuple[T, R | Exception]]:
+    """`(item, fn(item))` in input order, computed by `workers` threads up to `ahead` items in advance.
+
+    Threads suffice: decord and torch release the GIL while decoding and resizing, and they share memory with
+    the model instead of copying frames between processes. An exception from `fn` is yielded, not raised, so
+    one bad video does not stop the rest.
+    """
+
+    def call(item):
+        try:
+            return fn(item)
+        except Exception as err:  # noqa: BLE001 - reported per item by the caller
+            return err
+
+    if workers <= 0:
+        for item in items:
+            yield item, call(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="videoalign-prefetch") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(call, item)))
+            if len(pending) > ahead:
+                done_item, future = pending.popleft()
+                yield done_item, future.result()
+        while pending:
+            done_item, future = pending.popleft()
+            yield done_item, future.result()
+
+
+def batched(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for x in iterable:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

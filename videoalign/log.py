@@ -1,0 +1,87 @@
+"""Console output: one rich console on stderr, a progress helper (rank 0 only) and the metrics.jsonl writer.
+
+A rich bar is drawn on a terminal; elsewhere (CI, files, pipes) plain progress lines are printed every few
+percent, so logs stay readable. Logging goes through rich's handler so log lines do not tear the bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+stdout = Console(soft_wrap=True)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger("videoalign")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    root.setLevel(level)
+    root.propagate = False
+    for noisy in ("transformers", "accelerate", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # transformers not imported yet is fine; it is imported lazily
+        pass
+
+
+class _Plain:
+    """Progress as plain lines: at most ~20 lines per job."""
+
+    def __init__(self, total: int, description: str):
+        self.total, self.description, self.done = total, description, 0
+        self.start = time.perf_counter()
+        self.every = max(1, total // 20)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.done % self.every == 0 or self.done == self.total:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            console.print(f"{self.description}: {self.done}/{self.total} ({rate:.2f}/s)", highlight=False)
+
+
+class _Null:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@contextmanager
+def progress(total: int, description: str, enabled: bool = True):
+    """`with progress(n, "scoring") as bar: bar.advance()`; draws nothing when not `enabled` (rank > 0)."""
+    if not enabled or total <= 0:
+        yield _Null()
+        return
+    if not console.is_terminal:
+        yield _Plain(total, description)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        class _Rich:
+            def advance(self, n: int = 1) -> None:
+                bar.advance(task, n)
+
+        yield _Rich()
+
+
+def error_line(message: str) -> None:
+    """A one-line user-facing error on stderr."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
