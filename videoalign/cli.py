@@ -101,6 +101,42 @@ def score(
     raise typer.Exit(_guard(run_single, cfg, video, prompt, as_json))
 
 
+@app.command()
+def relabel(
+    input: Optional[str] = typer.Argument(None, help="Manifest (CSV/JSONL: prompt,video[,group,model]) or pair CSV; - = stdin."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Pairs JSONL; - = stdout."),
+    scores: Optional[str] = typer.Option(None, "--scores", help="Score cache (videoalign score format)."),
+    pairing: Optional[str] = typer.Option(None, help="all or best-worst (within a group or prompt)."),
+    weights: Optional[str] = typer.Option(None, help="VQ:MQ:TA weights, e.g. 1:1:1 or 0.1:0.1:0.8."),
+    tie_threshold: Optional[float] = typer.Option(None, help="|score difference| <= this is a tie."),
+    min_margin: Optional[float] = typer.Option(None, help="Drop pairs with a smaller weighted margin."),
+    model: Optional[str] = typer.Option(None, help="Hub id, checkpoint folder, or tiny-random."),
+    base_model: Optional[str] = typer.Option(None, help="Base Qwen2-VL (hub id or folder)."),
+    checkpoint_step: Optional[int] = typer.Option(None, help="checkpoint-<step> to load."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, help="Videos per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, help="Decoding threads."),
+    raw: Optional[bool] = typer.Option(None, "--raw/--normalized", help="Label on raw head outputs."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Turn generated videos into VideoReward-labelled preference pairs (the input of dpo and rwr).
+
+    \b
+    videoalign relabel manifest.csv --output pairs.jsonl --pairing best-worst --weights 1:1:1
+    accelerate launch --num_processes N -m videoalign relabel manifest.csv --output pairs.jsonl
+    """
+    from videoalign.commands.relabel import RelabelConfig, run
+
+    flags = dict(input=input, output=output, scores=scores, pairing=pairing, weights=weights,
+                 tie_threshold=tie_threshold, min_margin=min_margin, model=model, base_model=base_model,
+                 checkpoint_step=checkpoint_step, dtype=dtype, device=device, batch_size=batch_size,
+                 num_workers=num_workers, raw=raw)
+    cfg = _resolve(RelabelConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @speed_app.command("score")
 def bench_speed_score(
     csv: Optional[str] = typer.Option(None, "--csv", help="Videos to score (video,prompt or pair CSV)."),

@@ -59,7 +59,7 @@ def build_config(cls: type, *layers: dict[str, Any] | None):
     Each layer is a mapping of (possibly dotted) keys. Unknown keys and values of the wrong type raise
     ConfigError naming the key. The dataclass's own `__post_init__` then checks cross-field rules.
     """
-    values = _to_nested_dict(dataclasses.asdict(cls()))
+    values = _defaults(cls)
     for layer in layers:
         for key, value in (layer or {}).items():
             _set_path(cls, values, str(key), value)
@@ -102,8 +102,18 @@ def field_docs(cls: type) -> dict[str, str]:
 # --- internals -------------------------------------------------------------------------------------------
 
 
-def _to_nested_dict(d: dict) -> dict:
-    return {k: (_to_nested_dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+def _defaults(cls: type) -> dict:
+    """Field defaults as a nested dict, without instantiating `cls` (its __post_init__ checks a whole config)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = None
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _field_map(cls: type) -> dict[str, dataclasses.Field]:

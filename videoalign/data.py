@@ -42,9 +42,10 @@ class ScoreItem:
     error: str | None = None
 
 
-def video_key(video: str) -> str:
-    """`./videos/a.mp4` and `videos/a.mp4` are the same video."""
-    return os.path.normpath(video)
+def video_key(path: str | Path) -> str:
+    """Identity of a video across files and runs: its normalised absolute path (`./videos/a.mp4` and
+    `videos/a.mp4` under the same folder are one video)."""
+    return os.path.normpath(os.path.abspath(path))
 
 
 def read_score_csv(path: str | Path) -> list[ScoreItem]:
@@ -77,13 +78,13 @@ def read_score_csv(path: str | Path) -> list[ScoreItem]:
                 items.setdefault(key, ScoreItem(key, "", root, prompt or "",
                                                 error=f"{path} row {row_number}: empty {column}; fill in a video path"))
                 continue
-            key = video_key(video)
+            key = video_key(root / video)
             if key in items:
                 continue
             error = None
             if prompt is None:
                 error = f"{path} row {row_number}: missing prompt cell; add the prompt text"
-            items[key] = ScoreItem(key, video, (root / video), prompt or "", error=error)
+            items[key] = ScoreItem(key, video, Path(key), prompt or "", error=error)
     return list(items.values())
 
 
@@ -188,3 +189,57 @@ def batched(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+@dataclass
+class RelabelInput:
+    """Rows of a relabel input. kind "manifest": rows have video, prompt, group, model; kind "pairs": rows
+    have path_A, path_B, prompt. Paths are resolved against `root` (the input's folder, or the cwd for -)."""
+
+    kind: str
+    rows: list[dict[str, Any]]
+    root: Path
+    name: str
+
+
+def read_relabel_input(source: str) -> RelabelInput:
+    """A generation manifest (CSV or JSONL: prompt, video, optional group, model) or a reference pair CSV,
+    told apart by their columns. `-` reads standard input (CSV or JSONL, detected from the first line)."""
+    import io
+    import sys
+
+    if source == "-":
+        text, root, name = sys.stdin.read(), Path.cwd(), "<stdin>"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{source}: no such input file; pass a manifest (CSV/JSONL) or a pair CSV")
+        text, root, name = path.read_text(encoding="utf-8-sig"), path.parent, str(path)
+    first = text.lstrip()[:1]
+    if first == "{":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                rows.append({"_row": number, "_error": f"{name} line {number}: not valid JSON; fix or delete it"})
+                continue
+            row["_row"] = number
+            rows.append(row)
+        columns = set().union(*(r.keys() for r in rows)) if rows else set()
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        columns = {c.strip() for c in (reader.fieldnames or [])}
+        rows = [{**{(k or "").strip(): v for k, v in row.items()}, "_row": n} for n, row in
+                enumerate(reader, start=2)]
+    if {"path_A", "path_B", "prompt"} <= columns:
+        kind = "pairs"
+    elif {"video", "prompt"} <= columns:
+        kind = "manifest"
+    else:
+        found = ",".join(sorted(c for c in columns if not c.startswith("_"))) or "nothing"
+        raise DataError(f"{name}: needs the columns prompt,video[,group,model] (a manifest) or path_A,path_B,prompt "
+                        f"(a pair CSV); found {found}")
+    return RelabelInput(kind, rows, root, name)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from videoalign.data import batched, prefetch
+from videoalign.data import prefetch, video_key
 from videoalign.reward_inputs import RewardInputBuilder, TokenizedPrompt
 from videoalign.reward_layouts import CheckpointError, is_reference_root, load_reference
 from videoalign.reward_model import (
@@ -209,7 +209,8 @@ class VideoReward:
         scores = iter(self.score_prepared(ready)) if ready else iter(())
         out = []
         for (video, prompt), prepared, error in pending:
-            record = {"video": str(getattr(video, "video", video)), "prompt": prompt}
+            record = {"video": str(getattr(video, "video", video)),
+                      "path": getattr(video, "key", None) or video_key(video), "prompt": prompt}
             if error is None:
                 record.update(self.to_record(prepared, next(scores), raw))
                 record["max_pixels"] = max_px

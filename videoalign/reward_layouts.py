@@ -140,7 +140,12 @@ def to_reference_key(key: str) -> str:
 
 
 def merge_lora_state(state: dict, model: VideoRewardModel, lora: dict | None, source: str) -> dict:
-    """PEFT-format state (5.x names) -> plain state dict of `model`, merging each LoRA pair in float32."""
+    """PEFT-format state (5.x names) -> plain state dict of `model`, merging each LoRA pair in float32.
+
+    The merged weight is cast to the *model's* dtype, never back to the file's: the released file is bf16,
+    and rounding W + (alpha/r) B A to bf16 moves float32 scores by about 1e-2.
+    """
+    model_dtype = next(model.parameters()).dtype
     targets = set(lora_targets(model, lora)) if lora else set()
     plain: dict[str, torch.Tensor] = {}
     deltas: dict[str, dict[str, torch.Tensor]] = {}
@@ -172,8 +177,7 @@ def merge_lora_state(state: dict, model: VideoRewardModel, lora: dict | None, so
         weight_key = f"{module}.weight"
         if weight_key not in plain:
             raise CheckpointError(f"{source}: {PEFT_PREFIX}{module}.base_layer.weight is missing")
-        # Kept in float32: casting back to the file's bf16 would round the merged weight (about 1e-2 on scores).
-        plain[weight_key] = plain[weight_key].float() + scale * (b @ a)
+        plain[weight_key] = (plain[weight_key].float() + scale * (b @ a)).to(model_dtype)
     if unexpected:
         raise CheckpointError(f"{source}: {len(unexpected)} unexpected keys ({', '.join(sorted(unexpected)[:8])})")
     return plain
@@ -261,7 +265,8 @@ def _overlay(state: dict, overlay: dict, source: str) -> None:
 
 def _torch_load(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the released model.pth is 5 GB; tensors are paged in as they are copied into the model.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is reported the same way
         raise CheckpointError(f"{path}: cannot be read as a weights-only state dict ({err.__class__.__name__}); "
                               "it is damaged, or holds pickled code, which is refused") from None

@@ -120,36 +120,65 @@ def load_done(output: Path) -> dict[str, dict]:
     sources = [output, *sorted(parts_dir(output).glob("*.jsonl"))] if parts_dir(output).is_dir() else [output]
     for source in sources:
         for record in read_jsonl(source):
-            done[video_key(record.get("video", ""))] = record
+            if record.get("path"):
+                done[video_key(record["path"])] = record
     return done
 
 
-def run_batch(cfg: ScoreConfig) -> int:
-    """Score a CSV into cfg.output across all processes; exit code 1 if any video failed."""
-    from videoalign.data import append_jsonl, read_score_csv, write_atomic, write_jsonl_atomic
-    from videoalign.distributed import broadcast_from_main, make_accelerator, shard
+def is_done(item, done: dict[str, dict]) -> bool:
+    """Scored before, without error, for the same prompt (TA depends on it)."""
+    record = done.get(item.key)
+    return record is not None and "error" not in record and record.get("prompt") == item.prompt
+
+
+#: settings that change scores: an output written with other values cannot be resumed into
+SCORE_SETTINGS = ("model", "base_model", "checkpoint_step", "dtype", "fps", "num_frames", "max_pixels", "raw")
+
+
+def check_resumable(output: Path, cfg: ScoreConfig) -> None:
+    """Refuse to mix scores from different models or sampling settings in one output file."""
+    import yaml
+
+    saved_path = output.with_name(output.name + ".config.yaml")
+    if not saved_path.is_file() or not (output.is_file() or parts_dir(output).is_dir()):
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    changed = [k for k in SCORE_SETTINGS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ValueError(f"{output} holds scores made with other settings ({diffs}); use a new --output "
+                         "or the same settings to resume")
+
+
+def score_into(cfg: ScoreConfig, accelerator, items: list, output: Path, source: str) -> list[dict]:
+    """Score `items` into the JSONL `output`, sharded over the accelerator's processes and resumable.
+
+    Returns the records of all items in input order on the main process (an empty list elsewhere).
+    """
+    from videoalign.data import append_jsonl, write_atomic, write_jsonl_atomic
+    from videoalign.distributed import shard
     from videoalign.log import console, progress
 
     import yaml
 
-    accelerator = make_accelerator(cfg.device)
     rank, world = accelerator.process_index, accelerator.num_processes
-    output = Path(cfg.output)
-    items = read_score_csv(cfg.csv)  # raises DataError (exit 2) on a missing file or missing columns
+    check_resumable(output, cfg)
     done = load_done(output)
-    pending = [it for it in items if it.key not in done or "error" in done[it.key]]
+    pending = [it for it in items if not is_done(it, done)]
     mine = shard(pending, rank, world)
+    accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 rewrites anything
     if accelerator.is_main_process:
         write_atomic(output.with_name(output.name + ".config.yaml"), yaml.safe_dump(config_to_dict(cfg)))
         skipped = len(items) - len(pending)
-        console.print(f"{len(items)} videos in {cfg.csv}: {skipped} already scored, {len(pending)} to score "
+        console.print(f"{len(items)} videos in {source}: {skipped} already scored, {len(pending)} to score "
                       f"on {world} process(es)", highlight=False)
     part = parts_dir(output) / f"rank{rank}.jsonl"
     if mine:
         rm = load_model(cfg, device=str(accelerator.device))
         bad = [it for it in mine if it.error]
         if bad:
-            append_jsonl(part, [{"video": it.video, "prompt": it.prompt, "error": it.error} for it in bad])
+            append_jsonl(part, [{"video": it.video, "path": it.key, "prompt": it.prompt, "error": it.error}
+                                for it in bad])
         good = [it for it in mine if not it.error]
         with progress(len(mine), "scoring", enabled=accelerator.is_main_process) as bar:
             if bad:
@@ -160,15 +189,33 @@ def run_batch(cfg: ScoreConfig) -> int:
                 append_jsonl(part, [record for _, record in chunk])
                 bar.advance(len(chunk))
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return []
+    merged = load_done(output)
+    ordered = [merged[it.key] for it in items if it.key in merged]
+    # Keep records of videos not in this input (a shared score cache), after this input's, once each.
+    wanted = {it.key for it in items}
+    extra = [r for k, r in merged.items() if k not in wanted]
+    write_jsonl_atomic(output, ordered + extra)
+    if parts_dir(output).is_dir():
+        for f in parts_dir(output).glob("*.jsonl"):
+            f.unlink()
+        parts_dir(output).rmdir()
+    return ordered
+
+
+def run_batch(cfg: ScoreConfig) -> int:
+    """Score a CSV into cfg.output across all processes; exit code 1 if any video failed."""
+    from videoalign.data import read_score_csv
+    from videoalign.distributed import broadcast_from_main, make_accelerator
+    from videoalign.log import console
+
+    accelerator = make_accelerator(cfg.device)
+    items = read_score_csv(cfg.csv)  # raises DataError (exit 2) on a missing file or missing columns
+    output = Path(cfg.output)
+    ordered = score_into(cfg, accelerator, items, output, cfg.csv)
     failed = 0
     if accelerator.is_main_process:
-        merged = load_done(output)
-        ordered = [merged[it.key] for it in items if it.key in merged]
-        write_jsonl_atomic(output, ordered)
-        for f in parts_dir(output).glob("*.jsonl") if parts_dir(output).is_dir() else []:
-            f.unlink()
-        if parts_dir(output).is_dir():
-            parts_dir(output).rmdir()
         failed = sum(1 for r in ordered if "error" in r)
         for r in ordered:
             if "error" in r:

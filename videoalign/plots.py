@@ -1,0 +1,31 @@
+"""PNG figures written beside command outputs. The only module that imports matplotlib (Agg, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def margin_histograms(margins: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """One histogram panel per key (e.g. VQ, MQ, TA, Overall) of chosen-minus-rejected margins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(margins)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        values = margins[key]
+        ax.hist(values, bins=min(30, max(5, len(values) // 2)) if values else 5, color="#4477aa")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(f"{key} (n={len(values)})")
+        ax.set_xlabel("chosen - rejected")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
