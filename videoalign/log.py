@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line in logs
 stdout = Console(soft_wrap=True)
 
 
