@@ -161,3 +161,28 @@ def bench_speed_score(
                  batch_size=batch_size, num_workers=num_workers)
     cfg = _resolve(SpeedScoreConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run_speed_score, cfg))
+
+
+@speed_app.command("relabel")
+def bench_speed_relabel(
+    input: Optional[str] = typer.Option(None, "--input", help="Manifest or pair CSV to relabel."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the JSON figures."),
+    model: Optional[str] = typer.Option(None, help="Hub id, checkpoint folder, or tiny-random."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, help="Videos per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, help="Decoding threads."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Time `relabel` on a pair CSV from cold: videos/s, pairs/s, peak RSS.
+
+    \b
+    videoalign bench speed relabel --model tiny-random --output bench_relabel.json
+    """
+    from videoalign.commands.bench import SpeedRelabelConfig, run_speed_relabel
+
+    flags = dict(input=input, output=output, model=model, dtype=dtype, device=device, batch_size=batch_size,
+                 num_workers=num_workers)
+    cfg = _resolve(SpeedRelabelConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_relabel, cfg))

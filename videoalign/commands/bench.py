@@ -117,3 +117,68 @@ def _sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@dataclass
+class SpeedRelabelConfig:
+    #: pairs or manifest to relabel (default: the shared example pairs)
+    input: str = "../shared/data/videoalign_examples/example.csv"
+    #: JSON file for the figures (printed as well)
+    output: str | None = None
+    #: model to time
+    model: str = "tiny-random"
+    #: compute dtype
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: device
+    device: str = "auto"
+    #: videos per forward pass
+    batch_size: int = 2
+    #: decoding threads
+    num_workers: int = 2
+
+
+def run_speed_relabel(cfg: SpeedRelabelConfig) -> int:
+    """Time a cold `relabel` (no score cache) end to end in a temporary folder: pairs/s and videos/s."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from videoalign.commands.relabel import RelabelConfig
+    from videoalign.commands.relabel import run as run_relabel
+    from videoalign.data import read_jsonl, write_atomic
+    from videoalign.log import console, stdout
+
+    with tempfile.TemporaryDirectory(prefix="videoalign-bench-") as tmp:
+        out = str(Path(tmp) / "pairs.jsonl")
+        relabel_cfg = RelabelConfig(input=cfg.input, output=out, model=cfg.model, dtype=cfg.dtype,
+                                    device=cfg.device, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        start = time.perf_counter()
+        code = run_relabel(relabel_cfg)
+        total_s = time.perf_counter() - start
+        lines = read_jsonl(out)
+        videos = len(read_jsonl(relabel_cfg.cache_path()))
+    pairs = sum(1 for x in lines if "chosen" in x)
+    figures = {
+        "benchmark": "speed/relabel",
+        "model": cfg.model,
+        "input": cfg.input,
+        "videos": videos,
+        "pairs": pairs,
+        "failed": sum(1 for x in lines if "error" in x),
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "total_s": round(total_s, 3),
+        "videos_per_s": round(videos / total_s, 3),
+        "pairs_per_s": round(pairs / total_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "torch": torch.__version__,
+    }
+    text = json.dumps(figures, indent=2)
+    if cfg.output:
+        write_atomic(cfg.output, text + "\n")
+        console.print(f"wrote {cfg.output}", highlight=False)
+    stdout.print(text, markup=False, highlight=False)
+    return code
