@@ -124,25 +124,28 @@ def _field_map(cls: type) -> dict[str, dataclasses.Field]:
     return fields
 
 
-def _set_path(cls: type, values: dict, key: str, value: Any) -> None:
+def _set_path(cls: type, values: dict, key: str, value: Any, prefix: str = "") -> None:
     parts = key.split(".")
     node, node_cls = values, cls
     for depth, part in enumerate(parts):
         fields = _field_map(node_cls)
+        full = prefix + key
         if part not in fields:
-            where = ".".join(parts[:depth]) or cls.__name__
+            where = (prefix + ".".join(parts[:depth])).rstrip(".") or cls.__name__
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key {key!r} (no field {part!r} in {where}); known keys: {known}")
+            raise ConfigError(f"unknown config key {full!r} (no field {part!r} in {where}); known keys: {known}")
         ftype = fields[part].type
         if depth == len(parts) - 1:
-            if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
+            if dataclasses.is_dataclass(ftype):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key {full!r} is a section: give a mapping of its keys, not {value!r}")
                 for sub_key, sub_value in value.items():
-                    _set_path(ftype, node[part], str(sub_key), sub_value)
+                    _set_path(ftype, node[part], str(sub_key), sub_value, prefix=f"{prefix}{key}.")
             else:
-                node[part] = _coerce(key, ftype, value)
+                node[part] = _coerce(full, ftype, value)
             return
         if not dataclasses.is_dataclass(ftype):
-            raise ConfigError(f"config key {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            raise ConfigError(f"config key {prefix + key!r}: {prefix + '.'.join(parts[: depth + 1])} is not a section")
         node, node_cls = node[part], ftype
 
 

@@ -82,8 +82,8 @@ def read_score_csv(path: str | Path) -> list[ScoreItem]:
             if key in items:
                 continue
             error = None
-            if prompt is None:
-                error = f"{path} row {row_number}: missing prompt cell; add the prompt text"
+            if prompt is None or not prompt.strip():
+                error = f"{path} row {row_number}: empty prompt for {video}; add the prompt text"
             items[key] = ScoreItem(key, video, Path(key), prompt or "", error=error)
     return list(items.values())
 
@@ -116,14 +116,15 @@ def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        # A previous writer killed mid-line leaves no trailing newline: start on a fresh line.
-        if os.fstat(fd).st_size > 0:
-            with path.open("rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    payload = b"\n" + payload
+        # A writer killed mid-line leaves a torn last line: cut it off (readers ignore it anyway), so it never
+        # becomes a corrupt middle line once more records follow.
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+            cut = tail.rfind(b"\n")
+            os.ftruncate(fd, size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= (1 << 20) else size))
         os.write(fd, payload)
         os.fsync(fd)
     finally:
@@ -243,3 +244,63 @@ def read_relabel_input(source: str) -> RelabelInput:
         raise DataError(f"{name}: needs the columns prompt,video[,group,model] (a manifest) or path_A,path_B,prompt "
                         f"(a pair CSV); found {found}")
     return RelabelInput(kind, rows, root, name)
+
+
+#: GenAI-Bench video votes -> human label (left = A): ties and "both bad" are ties (REFERENCE.md 9.2)
+VOTE_LABELS = {"leftvote": 1, "rightvote": -1, "tievote": 0, "bothbad_vote": 0}
+#: pair-CSV label -> human label (REFERENCE.md 7.1, 9.3); anything else is not mappable (NaN: counted wrong)
+PAIR_LABELS = {"A": 1, "B": -1, "same": 0}
+
+
+@dataclass
+class LabelledPair:
+    """A human-judged pair. labels: dimension (or "Overall") -> 1 (A better), -1 (B better), 0 (tie) or NaN."""
+
+    row: int
+    video_a: str  # as the pair file writes it
+    video_b: str
+    path_a: Path
+    path_b: Path
+    prompt: str
+    labels: dict[str, float]
+
+
+def read_labelled_pairs(source: str | Path, videos_root: str | Path | None = None,
+                        dims: tuple[str, ...] = ("VQ", "MQ", "TA")) -> list[LabelledPair]:
+    """VideoGen-RewardBench / reference pair CSV (path_A, path_B, prompt, VQ, MQ, TA[, Overall]) or GenAI-Bench
+    votes (left_video, right_video, prompt, vote_type), as CSV or JSONL. Videos resolve against
+    `videos_root`, else the file's folder."""
+    import math
+
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"{path}: no such pair file; check --pairs")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip()[:1] == "{":
+        rows = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    else:
+        import io
+
+        rows = list(enumerate(csv.DictReader(io.StringIO(text)), start=2))
+    columns = set().union(*(r.keys() for _, r in rows)) if rows else set()
+    root = Path(videos_root) if videos_root else path.parent
+    pairs = []
+    if {"path_A", "path_B", "prompt"} <= columns:
+        label_columns = [c for c in (*dims, "Overall") if c in columns]
+        if not label_columns:
+            raise DataError(f"{path}: no label columns ({', '.join(dims)}, Overall); add at least one")
+        for n, r in rows:
+            labels = {c: float(PAIR_LABELS.get(str(r.get(c) or "").strip(), math.nan)) for c in label_columns}
+            pairs.append(LabelledPair(n, r["path_A"], r["path_B"], root / r["path_A"], root / r["path_B"],
+                                      r.get("prompt") or "", labels))
+    elif {"left_video", "right_video", "vote_type"} <= columns:
+        for n, r in rows:
+            label = float(VOTE_LABELS.get(str(r.get("vote_type") or "").strip(), math.nan))
+            prompt = r.get("prompt") or r.get("text") or ""
+            pairs.append(LabelledPair(n, r["left_video"], r["right_video"], root / r["left_video"],
+                                      root / r["right_video"], prompt, {"Overall": label}))
+    else:
+        found = ",".join(sorted(columns)) or "nothing"
+        raise DataError(f"{path}: needs path_A,path_B,prompt,<labels> (VideoGen-RewardBench) or "
+                        f"left_video,right_video,vote_type,prompt (GenAI-Bench); found {found}")
+    return pairs

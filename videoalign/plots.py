@@ -29,3 +29,28 @@ def margin_histograms(margins: dict[str, list[float]], path: str | Path, title: 
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], path: str | Path, title: str = "") -> Path:
+    """Accuracy with ties against the tie threshold, one line per dimension: curves[dim] = (thresholds, acc)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for dim, (thresholds, accuracy) in curves.items():
+        ax.step(thresholds, [100 * a for a in accuracy], where="post", label=dim)
+    ax.set_xlabel("tie threshold |s_A - s_B|")
+    ax.set_ylabel("accuracy with ties (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

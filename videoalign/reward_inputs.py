@@ -24,6 +24,8 @@ SYSTEM_PREFIX = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|i
 TURN_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 VIDEO_PAD = "<|video_pad|>"
 VISION_END = "<|vision_end|>"
+#: special tokens that would add or break vision slots if a prompt contained them (atomic in the tokenizer)
+RESERVED_IN_PROMPT = ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
 def reward_token(dim: str) -> str:
@@ -88,11 +90,9 @@ class RewardInputBuilder:
         """Reject a prompt that would break reward-token pooling (REFERENCE.md 3.4)."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
-        for dim in self.dims:
-            if reward_token(dim) in prompt:
-                raise ValueError(
-                    f"prompt contains the reserved token {reward_token(dim)}; remove it from the prompt"
-                )
+        for token in [*(reward_token(d) for d in self.dims), *RESERVED_IN_PROMPT]:
+            if token in prompt:
+                raise ValueError(f"prompt contains the reserved token {token}; remove it from the prompt")
 
     def tokenize(self, prompt: str, num_video_tokens: int) -> TokenizedPrompt:
         """Input ids for one (prompt, video) with `num_video_tokens` pads (= gt*gh*gw/4)."""

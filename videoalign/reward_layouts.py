@@ -279,9 +279,14 @@ def save_reference(model: VideoRewardModel, tokenizer, config: RewardConfig, roo
                    layout: str = "full", step: int = 0, lora_state: dict | None = None) -> Path:
     """Write the reference layout `full` (model.pth) or `lora` (adapter + non_lora_state_dict.pth).
 
-    `lora_state` maps module names to (A, B) factors; without it the model is written as a rank-r LoRA with
-    zero B (the merged weights go into base_layer), which loads back to the same scores.
+    `lora_state` maps module names to (A, B) factors. The `full` layout without it writes the model's (merged)
+    weights as base_layer with zero B, which loads back to the same scores. The `lora` layout stores only the
+    adapters and the non-LoRA tensors (the LLM weights come from the base model when it is loaded), so it
+    needs the real factors: exporting a merged model to it would silently drop its LoRA deltas.
     """
+    if layout == "lora" and lora_state is None:
+        raise ValueError("the lora layout stores adapters only: pass lora_state (the trained LoRA factors) "
+                         "or export with layout='full'")
     from safetensors.torch import save_file
 
     root = Path(root)

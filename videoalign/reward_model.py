@@ -314,3 +314,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def update_normalization(path: Path, stats: dict[str, dict[str, float]]) -> None:
+    """Store per-dimension {"mean", "std"} in a checkpoint folder: our config.json, or the reference's
+    model_config.json `inference_config` (`VQ_mean`, `VQ_std`, ...), rewritten atomically."""
+    if is_native(path):
+        meta = json.loads((path / NATIVE_CONFIG).read_text())
+        meta["reward"]["normalization"] = stats
+        _atomic_write_text(path / NATIVE_CONFIG, json.dumps(meta, indent=2) + "\n")
+    elif (path / "model_config.json").is_file():
+        cfg = json.loads((path / "model_config.json").read_text())
+        cfg["inference_config"] = {f"{d}_{k}": v[k] for d, v in stats.items() for k in ("mean", "std")}
+        _atomic_write_text(path / "model_config.json", json.dumps(cfg, indent=4) + "\n")
+    else:
+        raise ValueError(f"{path}: not a checkpoint folder (no config.json or model_config.json) to calibrate")

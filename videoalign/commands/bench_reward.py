@@ -1,0 +1,179 @@
+"""`videoalign bench reward`: reward-model accuracy on human-labelled pairs, and normalisation calibration.
+
+Accuracy (paper Table 2): every distinct video of the pair file is scored once into a resumable score cache
+(`--scores`, the format of `videoalign score --output`, so a previous scoring run is reused); then per dimension
+and for Overall (the sum of the dimensions, or one dimension with `--overall TA` as the GenAI-Bench protocol
+does) it reports accuracy without ties, accuracy with ties (exact tie-threshold sweep, or the reference's
+`calc_accuracy.py` with `--ties compat`), the chosen threshold and the human tie rate. Writes a markdown
+table, a PNG of accuracy against tie threshold and, with `--json`, the figures.
+
+`--calibrate`: raw scores of the videos -> per-dimension mean and std written into the checkpoint
+(model_config.json's inference_config, or our config.json), after which `score` reports z-scores.
+
+1 process: videoalign bench reward --pairs videogen-rewardbench.csv --videos-root videos/ --json acc.json
+N GPUs:    accelerate launch --num_processes N -m videoalign bench reward --pairs ... --json acc.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from videoalign.commands.score import ScoreConfig
+
+
+@dataclass
+class RewardBenchConfig(ScoreConfig):
+    #: human-labelled pairs: VideoGen-RewardBench/reference CSV or GenAI-Bench votes (CSV or JSONL)
+    pairs: str | None = None
+    #: folder the pair file's video paths are relative to (default: the pair file's folder)
+    videos_root: str | None = None
+    #: score cache in `videoalign score` format; reused and extended (default <output>.scores.jsonl)
+    scores: str | None = None
+    #: exact = the tie-threshold sweep of Deutsch et al. 2023; compat = the reference calc_accuracy.py
+    ties: Literal["exact", "compat"] = "exact"
+    #: model side of Overall: "sum" of the dimensions, or one dimension (GenAI-Bench protocol: TA)
+    overall: str = "sum"
+    #: prefix of the report files: <output>.md and <output>.ties.png
+    output: str | None = "bench_reward"
+    #: also write the figures as JSON here
+    json: str | None = None
+    #: compute per-dimension mean/std of raw scores over the videos and store them in the checkpoint
+    calibrate: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.pairs and not self.csv:
+            raise ValueError("bench reward needs --pairs PAIRS.csv (or --csv VIDEOS.csv with --calibrate)")
+        if self.csv and not self.calibrate:
+            raise ValueError("--csv is for --calibrate; measure accuracy with --pairs")
+
+    def cache_path(self) -> Path:
+        return Path(self.scores) if self.scores else Path(f"{self.output}.scores.jsonl")
+
+
+def pair_items(pairs):
+    """Distinct ScoreItems of the pairs (first prompt of each video), in first-seen order."""
+    from videoalign.data import ScoreItem, video_key
+
+    items: dict[str, ScoreItem] = {}
+    for p in pairs:
+        for video, path in ((p.video_a, p.path_a), (p.video_b, p.path_b)):
+            key = video_key(path)
+            items.setdefault(key, ScoreItem(key, video, Path(key), p.prompt))
+    return list(items.values())
+
+
+def model_side(record: dict, dims: list[str], overall: str) -> dict[str, float]:
+    values = {d: float(record[d]) for d in dims}
+    values["Overall"] = sum(values.values()) if overall == "sum" else values[overall]
+    return values
+
+
+def accuracy_table(pairs, scored: dict[str, dict], dims: list[str], cfg: RewardBenchConfig):
+    """Figures per dimension: accuracies, threshold, human tie rate, pairs; plus the curves for the plot."""
+    from videoalign import metrics
+    from videoalign.data import video_key
+
+    with_ties = metrics.accuracy_with_ties_compat if cfg.ties == "compat" else metrics.accuracy_with_ties
+    figures, curves, missing = {}, {}, 0
+    usable = []
+    for p in pairs:
+        a, b = scored.get(video_key(p.path_a)), scored.get(video_key(p.path_b))
+        if a is None or b is None or "error" in a or "error" in b:
+            missing += 1
+            continue
+        usable.append((p, model_side(a, dims, cfg.overall), model_side(b, dims, cfg.overall)))
+    for dim in [*dims, "Overall"]:
+        rows = [(p.labels[dim], sa[dim] - sb[dim]) for p, sa, sb in usable if dim in p.labels]
+        if not rows:
+            continue
+        human = [h for h, _ in rows]
+        margin = [m for _, m in rows]
+        tied = with_ties(human, margin)
+        figures[dim] = {
+            "accuracy_without_ties": metrics.accuracy_without_ties(human, margin),
+            "accuracy_with_ties": tied.accuracy,
+            "tie_threshold": tied.threshold,
+            "human_tie_rate": tied.human_tie_rate,
+            "pairs": len(rows),
+        }
+        curves[dim] = metrics.tie_accuracy_curve(human, margin)
+    return figures, curves, missing
+
+
+def markdown(figures: dict, cfg: RewardBenchConfig, skipped: int) -> str:
+    lines = [f"# Reward-model accuracy: {cfg.model} on {cfg.pairs}", "",
+             f"ties: {cfg.ties}; Overall = {cfg.overall}; pairs skipped (unscored video): {skipped}", "",
+             "| dimension | accuracy w/o ties | accuracy w/ ties | tie threshold | human tie rate | pairs |",
+             "|---|---|---|---|---|---|"]
+    for dim, f in figures.items():
+        lines.append(f"| {dim} | {100 * f['accuracy_without_ties']:.2f} | {100 * f['accuracy_with_ties']:.2f} | "
+                     f"{f['tie_threshold']:.4g} | {100 * f['human_tie_rate']:.2f} | {f['pairs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def calibrate(records: list[dict], dims: list[str], model: str) -> dict[str, dict[str, float]]:
+    """Mean and population std of raw scores per dimension; stored in the checkpoint folder `model`."""
+    from videoalign.reward_model import update_normalization
+
+    ok = [r for r in records if "error" not in r]
+    if len(ok) < 2:
+        raise ValueError(f"calibration needs at least 2 scored videos, got {len(ok)}")
+    stats = {}
+    for d in dims:
+        values = [float(r["raw"][d]) for r in ok]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        if std <= 0:
+            raise ValueError(f"raw {d} scores are all equal over {len(ok)} videos; calibrate on varied videos")
+        stats[d] = {"mean": mean, "std": std}
+    update_normalization(Path(model), stats)
+    return stats
+
+
+def run(cfg: RewardBenchConfig) -> int:
+    from videoalign.commands.score import score_into
+    from videoalign.data import read_labelled_pairs, read_score_csv, write_atomic
+    from videoalign.distributed import make_accelerator
+    from videoalign.log import console, stdout
+
+    if cfg.calibrate:
+        if not Path(cfg.model).is_dir():
+            raise ValueError(f"--calibrate writes into the checkpoint: --model must be a local folder, got {cfg.model}")
+        cfg.raw = True  # statistics of the raw head outputs
+    accelerator = make_accelerator(cfg.device)
+    pairs = read_labelled_pairs(cfg.pairs, cfg.videos_root) if cfg.pairs else []
+    items = pair_items(pairs) if pairs else read_score_csv(cfg.csv)
+    records = score_into(cfg, accelerator, items, cfg.cache_path(), cfg.pairs or cfg.csv)
+    if not accelerator.is_main_process:
+        return 0
+    first = next((r for r in records if "error" not in r), None)
+    if first is None:
+        raise ValueError(f"no video of {cfg.pairs or cfg.csv} could be scored; see the errors in {cfg.cache_path()}")
+    dims = [k for k in first["raw"] if k != "Overall"]
+    if cfg.overall != "sum" and cfg.overall not in dims:
+        raise ValueError(f"--overall {cfg.overall!r} is not a dimension of the model ({', '.join(dims)}) or 'sum'")
+    if cfg.calibrate:
+        stats = calibrate(records, dims, cfg.model)
+        console.print(f"stored normalisation statistics in {cfg.model}: "
+                      + ", ".join(f"{d} mean {s['mean']:.4f} std {s['std']:.4f}" for d, s in stats.items()),
+                      highlight=False)
+        if not pairs:
+            return 0
+    scored = {r["path"]: r for r in records}
+    figures, curves, skipped = accuracy_table(pairs, scored, dims, cfg)
+    report = markdown(figures, cfg, skipped)
+    write_atomic(f"{cfg.output}.md", report)
+    from videoalign.plots import accuracy_curves
+
+    accuracy_curves(curves, f"{cfg.output}.ties.png", title=f"{cfg.model}: accuracy vs tie threshold")
+    if cfg.json:
+        write_atomic(cfg.json, json.dumps(figures, indent=2) + "\n")
+    stdout.print(report, markup=False, highlight=False)
+    console.print(f"wrote {cfg.output}.md, {cfg.output}.ties.png" + (f" and {cfg.json}" if cfg.json else ""),
+                  highlight=False)
+    return 0

@@ -1,0 +1,228 @@
+"""Pairwise preference metrics: accuracy without and with ties, win rates (REFERENCE.md 9.3-9.5). Pure.
+
+Notation: one entry per pair; h is the human label (1 = A better, -1 = B better, 0 = tie, NaN = label not
+mappable) and m = s_A - s_B is the model's margin. For a threshold eps the model predicts a tie iff |m| <= eps.
+Each pair falls in exactly one class, tested in this order:
+
+    T_hm: h == 0 and |m| <= eps      T_h: h == 0          T_m: |m| <= eps
+    C:    h * m > 0                  D:   everything else (wrong sign, m == 0 exactly, NaN label or NaN margin)
+
+So a NaN label is never a human tie: it is a pair the model can only get wrong (D, or T_m once tied).
+
+- `accuracy_without_ties` (9.3): C / (C + D) at eps = -inf over the pairs with h != 0 (NaN labels included).
+- `accuracy_with_ties` (9.4, Deutsch et al. 2023 "Ties Matter", Algorithm 1):
+  acc(eps) = (C + T_hm) / (C + D + T_h + T_m + T_hm), maximised over eps in {-inf} U {distinct |m_i|}.
+  The denominator is always N, so moving a pair into its tie class changes the numerator by +1 (human tie: T_h ->
+  T_hm), -1 (correct: C -> T_m) or 0 (wrong: D -> T_m). Sorting by |m| and moving each whole group of equal |m|
+  at once gives every acc(eps) from one cumulative sum: O(N log N).
+- `*_compat` (9.5): the reference's `calc_accuracy.py`, which produced the published numbers. It never evaluates
+  eps = -inf, and it moves one pair at a time, so inside a run of equal |m| it also scores partial states that no
+  threshold produces (and which depend on the input order). Identical to the exact metric for continuous scores
+  up to these two effects.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+#: GenAI-Bench video `vote_type` -> human label (left = A); ties and "both bad" are ties (REFERENCE.md 9.2).
+VOTE_LABELS = {"leftvote": 1, "rightvote": -1, "tievote": 0, "bothbad_vote": 0}
+#: VideoGen-RewardBench pair-CSV label -> human label (REFERENCE.md 7.1, 9.3).
+PAIR_LABELS = {"A": 1, "B": -1, "same": 0}
+
+
+class TieResult(NamedTuple):
+    """Accuracy with ties and where it was reached."""
+
+    accuracy: float
+    """max over eps of acc(eps), in [0, 1]; NaN for no pairs (exact) or -inf (compat)."""
+    threshold: float
+    """eps* reaching it: a |m| value, or -inf when predicting no ties is best (the smallest such eps on a tie)."""
+    human_tie_rate: float
+    """fraction of all pairs with h == 0 (NaN-labelled pairs count as pairs, not as ties)."""
+    pairs: int
+    """number of pairs N, NaN-labelled ones included."""
+
+
+def label_from_vote(vote: Any) -> float:
+    """GenAI-Bench vote -> label: leftvote 1, rightvote -1, tievote 0, bothbad_vote 0, anything else NaN."""
+    return float(VOTE_LABELS[vote]) if isinstance(vote, str) and vote in VOTE_LABELS else math.nan
+
+
+def label_from_pair(value: Any) -> float:
+    """Pair-CSV label -> label: "A" 1, "B" -1, "same" 0, anything else (incl. "invalid", "", None) NaN.
+
+    Matched exactly, as the reference's `Series.map({'A': 1, 'B': -1, 'same': 0})` does.
+    """
+    return float(PAIR_LABELS[value]) if isinstance(value, str) and value in PAIR_LABELS else math.nan
+
+
+def _as_arrays(human: Sequence[float], margin: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) float arrays; human labels must be 1, -1, 0 or NaN (None becomes NaN)."""
+    h = np.asarray(human, dtype=np.float64).reshape(-1)
+    m = np.asarray(margin, dtype=np.float64).reshape(-1)
+    if h.shape != m.shape:
+        raise ValueError(f"human and margin must have the same length; got {h.size} and {m.size}")
+    bad = ~(np.isnan(h) | (h == 1) | (h == -1) | (h == 0))
+    if bad.any():
+        raise ValueError(f"human labels must be 1, -1, 0 or NaN; got {sorted(set(h[bad].tolist()))[:5]}. "
+                         "Map raw labels with label_from_pair / label_from_vote.")
+    return h, m
+
+
+def accuracy_without_ties(human: Sequence[float], margin: Sequence[float]) -> float:
+    """C / (C + D) over the pairs with h != 0 (REFERENCE.md 9.3).
+
+    C: h * m > 0. D: everything else, i.e. wrong sign, m == 0 exactly, NaN label or NaN margin. Pairs with h == 0
+    are left out; pairs with a NaN label stay in (as D). NaN when no pair has h != 0.
+
+    Args:
+        human: (N,) labels in {1, -1, 0, NaN}.
+        margin: (N,) model margins s_A - s_B.
+    """
+    h, m = _as_arrays(human, margin)
+    kept = h != 0  # NaN != 0 is True: NaN labels stay in the denominator
+    n = int(kept.sum())
+    if n == 0:
+        return math.nan
+    return int((h[kept] * m[kept] > 0).sum()) / n
+
+
+def accuracy_with_ties(human: Sequence[float], margin: Sequence[float]) -> TieResult:
+    """Exact accuracy with ties (REFERENCE.md 9.4; Deutsch et al. 2023, Algorithm 1), O(N log N).
+
+    acc(eps) = (C + T_hm) / N for eps in {-inf} U {distinct |m_i|}; returns the max and the smallest eps reaching
+    it. A pair with a NaN margin is never a model tie. With finite margins the result is >= the human tie rate
+    (eps = max |m| ties every pair). Empty input gives accuracy NaN.
+
+    Args:
+        human: (N,) labels in {1, -1, 0, NaN}.
+        margin: (N,) model margins s_A - s_B.
+    """
+    h, m = _as_arrays(human, margin)
+    n = h.size
+    if n == 0:
+        return TieResult(math.nan, math.nan, math.nan, 0)
+    human_tie = h == 0
+    correct = (h * m > 0) & ~human_tie  # class C at eps = -inf
+    base = int(correct.sum())  # numerator C + T_hm at eps = -inf (T_hm = 0)
+    # numerator change when the pair becomes a model tie: +1 T_h -> T_hm, -1 C -> T_m, 0 D -> T_m
+    delta = human_tie.astype(np.int64) - correct.astype(np.int64)  # (N,)
+    size = np.abs(m)
+    finite = ~np.isnan(size)  # a NaN |m| is <= no threshold
+    size, delta = size[finite], delta[finite]
+    order = np.argsort(size, kind="stable")
+    size, delta = size[order], delta[order]
+    numerators = base + np.cumsum(delta)  # (N',) state after moving pairs 0..k
+    group_end = np.ones(size.size, dtype=bool)
+    group_end[:-1] = size[1:] != size[:-1]  # move each run of equal |m| as a whole
+    candidates = np.concatenate([[base], numerators[group_end]])
+    thresholds = np.concatenate([[-math.inf], size[group_end]])
+    best = int(np.argmax(candidates))  # first maximum: the smallest eps
+    return TieResult(int(candidates[best]) / n, float(thresholds[best]), int(human_tie.sum()) / n, n)
+
+
+# --- compat: the reference's calc_accuracy.py (REFERENCE.md 9.5) ---------------------------------------------
+
+def _ref_class(hi: Any, mi: Any, eps: Any, strict: bool) -> str:
+    """The reference's class of one pair, with its tests in its order and on the raw values (Python semantics)."""
+    tied = abs(mi) < eps if strict else abs(mi) <= eps
+    if hi == 0 and tied:
+        return "Thm"
+    if hi == 0:
+        return "Th"
+    if tied:
+        return "Tm"
+    if hi * mi > 0:
+        return "C"
+    return "D"
+
+
+def accuracy_without_ties_compat(human: Sequence[Any], margin: Sequence[Any]) -> float:
+    """The reference's accuracy without ties: C / (C + D + T_m) at eps = -1, where T_m = 0. Equals
+    `accuracy_without_ties` (NaN labels and m == 0 count as D). Where the reference divides by zero (no pair with
+    h != 0) this returns NaN. Values are used as given (no validation), like the reference.
+    """
+    h, m = list(human), list(margin)
+    if len(h) != len(m):
+        raise ValueError(f"human and margin must have the same length; got {len(h)} and {len(m)}")
+    counts = {"C": 0, "D": 0, "Th": 0, "Tm": 0, "Thm": 0}
+    for hi, mi in zip(h, m):
+        counts[_ref_class(hi, mi, -1, strict=False)] += 1
+    denominator = counts["C"] + counts["D"] + counts["Tm"]
+    return counts["C"] / denominator if denominator else math.nan
+
+
+def accuracy_with_ties_compat(human: Sequence[Any], margin: Sequence[Any]) -> TieResult:
+    """The reference's accuracy with ties (`calc_accuracy_with_ties`, REFERENCE.md 9.5), for published numbers.
+
+    1. Start from the eps = -1 statistics (no model ties); best = -inf.
+    2. Stable-sort the pairs by |m| (Python's `sorted`, input order kept within equal |m|).
+    3. For each pair in turn, move only that pair from its non-tie class to its tie class (eps = its |m|), compute
+       acc = (C + T_hm) / (C + D + T_h + T_m + T_hm), and keep it if strictly greater than the best so far.
+    4. Any exception inside gives accuracy 0 (with a warning; the reference prints); empty input gives -inf.
+
+    Differences from `accuracy_with_ties`: the no-tie state (eps = -inf) is never scored, and within a run of equal
+    |m| the partial states (some pairs of the run tied, others not) are scored too, so the result depends on the
+    input order. `threshold` is the |m| of the pair at the best state (NaN for empty input or an exception);
+    `human_tie_rate` counts `h == 0`. A length mismatch raises ValueError (the reference's zip would silently
+    truncate).
+    """
+    h, m = list(human), list(margin)
+    if len(h) != len(m):
+        raise ValueError(f"human and margin must have the same length; got {len(h)} and {len(m)}")
+    n = len(h)
+    if n == 0:
+        return TieResult(-math.inf, math.nan, math.nan, 0)
+    try:
+        tie_rate = sum(1 for hi in h if hi == 0) / n
+        counts = {"C": 0, "D": 0, "Th": 0, "Tm": 0, "Thm": 0}
+        for hi, mi in zip(h, m):
+            counts[_ref_class(hi, mi, -1, strict=False)] += 1
+        best, best_eps = -math.inf, math.nan
+        eps = -1
+        for hi, mi in sorted(zip(h, m), key=lambda pair: abs(pair[1])):
+            counts[_ref_class(hi, mi, eps, strict=True)] -= 1  # the reference removes with < and the previous eps
+            eps = abs(mi)
+            counts[_ref_class(hi, mi, eps, strict=False)] += 1
+            acc = (counts["C"] + counts["Thm"]) / (
+                counts["C"] + counts["D"] + counts["Th"] + counts["Tm"] + counts["Thm"])
+            if acc > best:
+                best, best_eps = acc, eps
+        return TieResult(best, float(best_eps), tie_rate, n)
+    except Exception as error:  # noqa: BLE001 - the reference's behaviour, kept on purpose
+        warnings.warn(f"accuracy_with_ties_compat: {error!r}; returning 0 as the reference does", stacklevel=2)
+        return TieResult(0.0, math.nan, math.nan, n)
+
+
+def win_rates(a_scores: Sequence[float], b_scores: Sequence[float],
+              tie_threshold: float = 0.0) -> dict[str, float]:
+    """Fractions of pairs where A wins (a - b > t), ties (|a - b| <= t) and loses (a - b < -t).
+
+    Args:
+        a_scores, b_scores: (N,) scores of the two sides; NaN is an error.
+        tie_threshold: t >= 0.
+
+    Returns:
+        {"win": ..., "tie": ..., "loss": ...}, summing to 1 (NaN each for N = 0).
+    """
+    if not tie_threshold >= 0:
+        raise ValueError(f"tie_threshold must be >= 0; got {tie_threshold}")
+    a = np.asarray(a_scores, dtype=np.float64).reshape(-1)
+    b = np.asarray(b_scores, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"a_scores and b_scores must have the same length; got {a.size} and {b.size}")
+    diff = a - b
+    if np.isnan(diff).any():
+        raise ValueError("win_rates: a score is NaN (or both sides are the same infinity); drop those pairs first")
+    n = diff.size
+    if n == 0:
+        return {"win": math.nan, "tie": math.nan, "loss": math.nan}
+    win = int((diff > tie_threshold).sum())
+    loss = int((diff < -tie_threshold).sum())
+    return {"win": win / n, "tie": (n - win - loss) / n, "loss": loss / n}
