@@ -137,6 +137,46 @@ def relabel(
     raise typer.Exit(_guard(run, cfg))
 
 
+@bench_app.command("reward")
+def bench_reward(
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="Human-labelled pairs (VideoGen-RewardBench CSV or GenAI-Bench votes)."),
+    videos_root: Optional[str] = typer.Option(None, "--videos-root", help="Folder the pair file's paths are relative to."),
+    scores: Optional[str] = typer.Option(None, "--scores", help="Score cache (videoalign score output) to reuse."),
+    ties: Optional[str] = typer.Option(None, "--ties", help="exact (default) or compat (the reference's calc_accuracy)."),
+    overall: Optional[str] = typer.Option(None, "--overall", help="Model side of Overall: sum, or a dimension (TA for GenAI-Bench)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Prefix of the report: <output>.md and <output>.ties.png."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the figures as JSON here."),
+    calibrate: Optional[bool] = typer.Option(None, "--calibrate", help="Store per-dimension mean/std in the checkpoint."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="Videos to calibrate on (video,prompt CSV), instead of --pairs."),
+    model: Optional[str] = typer.Option(None, help="Hub id, checkpoint folder, or tiny-random."),
+    base_model: Optional[str] = typer.Option(None, help="Base Qwen2-VL (hub id or folder)."),
+    checkpoint_step: Optional[int] = typer.Option(None, help="checkpoint-<step> to load."),
+    dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, help="Videos per forward pass."),
+    num_workers: Optional[int] = typer.Option(None, help="Decoding threads."),
+    fps: Optional[float] = typer.Option(None, help="Frames sampled per second (default: the checkpoint's)."),
+    max_pixels: Optional[int] = typer.Option(None, help="Upper bound on resized frame area (GenAI-Bench: 65536)."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Reward-model accuracy with and without ties on human-labelled pairs (paper Table 2), or --calibrate.
+
+    \b
+    videoalign bench reward --pairs videogen-rewardbench.csv --videos-root videos/ --json acc.json
+    videoalign bench reward --calibrate --csv val_videos.csv --model my_checkpoint/
+    accelerate launch --num_processes N -m videoalign bench reward --pairs ... --json acc.json
+    """
+    from videoalign.commands.bench_reward import RewardBenchConfig, run
+
+    flags = dict(pairs=pairs, videos_root=videos_root, scores=scores, ties=ties, overall=overall, output=output,
+                 json=json_out, calibrate=calibrate, csv=csv, model=model, base_model=base_model,
+                 checkpoint_step=checkpoint_step, dtype=dtype, device=device, batch_size=batch_size,
+                 num_workers=num_workers, fps=fps, max_pixels=max_pixels)
+    cfg = _resolve(RewardBenchConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @speed_app.command("score")
 def bench_speed_score(
     csv: Optional[str] = typer.Option(None, "--csv", help="Videos to score (video,prompt or pair CSV)."),

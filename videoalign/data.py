@@ -246,12 +246,6 @@ def read_relabel_input(source: str) -> RelabelInput:
     return RelabelInput(kind, rows, root, name)
 
 
-#: GenAI-Bench video votes -> human label (left = A): ties and "both bad" are ties (REFERENCE.md 9.2)
-VOTE_LABELS = {"leftvote": 1, "rightvote": -1, "tievote": 0, "bothbad_vote": 0}
-#: pair-CSV label -> human label (REFERENCE.md 7.1, 9.3); anything else is not mappable (NaN: counted wrong)
-PAIR_LABELS = {"A": 1, "B": -1, "same": 0}
-
-
 @dataclass
 class LabelledPair:
     """A human-judged pair. labels: dimension (or "Overall") -> 1 (A better), -1 (B better), 0 (tie) or NaN."""
@@ -270,7 +264,7 @@ def read_labelled_pairs(source: str | Path, videos_root: str | Path | None = Non
     """VideoGen-RewardBench / reference pair CSV (path_A, path_B, prompt, VQ, MQ, TA[, Overall]) or GenAI-Bench
     votes (left_video, right_video, prompt, vote_type), as CSV or JSONL. Videos resolve against
     `videos_root`, else the file's folder."""
-    import math
+    from videoalign.metrics import label_from_pair, label_from_vote
 
     path = Path(source)
     if not path.is_file():
@@ -290,12 +284,12 @@ def read_labelled_pairs(source: str | Path, videos_root: str | Path | None = Non
         if not label_columns:
             raise DataError(f"{path}: no label columns ({', '.join(dims)}, Overall); add at least one")
         for n, r in rows:
-            labels = {c: float(PAIR_LABELS.get(str(r.get(c) or "").strip(), math.nan)) for c in label_columns}
+            labels = {c: label_from_pair(str(r.get(c) or "").strip()) for c in label_columns}
             pairs.append(LabelledPair(n, r["path_A"], r["path_B"], root / r["path_A"], root / r["path_B"],
                                       r.get("prompt") or "", labels))
     elif {"left_video", "right_video", "vote_type"} <= columns:
         for n, r in rows:
-            label = float(VOTE_LABELS.get(str(r.get("vote_type") or "").strip(), math.nan))
+            label = label_from_vote(str(r.get("vote_type") or "").strip())
             prompt = r.get("prompt") or r.get("text") or ""
             pairs.append(LabelledPair(n, r["left_video"], r["right_video"], root / r["left_video"],
                                       root / r["right_video"], prompt, {"Overall": label}))

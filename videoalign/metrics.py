@@ -14,7 +14,7 @@ So a NaN label is never a human tie: it is a pair the model can only get wrong (
   acc(eps) = (C + T_hm) / (C + D + T_h + T_m + T_hm), maximised over eps in {-inf} U {distinct |m_i|}.
   The denominator is always N, so moving a pair into its tie class changes the numerator by +1 (human tie: T_h ->
   T_hm), -1 (correct: C -> T_m) or 0 (wrong: D -> T_m). Sorting by |m| and moving each whole group of equal |m|
-  at once gives every acc(eps) from one cumulative sum: O(N log N).
+  at once gives every acc(eps) from one cumulative sum: O(N log N). `tie_accuracy_curve` returns that curve.
 - `*_compat` (9.5): the reference's `calc_accuracy.py`, which produced the published numbers. It never evaluates
   eps = -inf, and it moves one pair at a time, so inside a run of equal |m| it also scores partial states that no
   threshold produces (and which depend on the input order). Identical to the exact metric for continuous scores
@@ -93,6 +93,28 @@ def accuracy_without_ties(human: Sequence[float], margin: Sequence[float]) -> fl
     return int((h[kept] * m[kept] > 0).sum()) / n
 
 
+def _tie_states(h: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every threshold of Algorithm 1 and its numerator C + T_hm: eps = [-inf, distinct |m| ascending] (K + 1,).
+
+    The denominator is always N. A pair with a NaN margin is never a model tie (|m| <= eps is false).
+    """
+    human_tie = h == 0
+    correct = (h * m > 0) & ~human_tie  # class C at eps = -inf
+    base = int(correct.sum())  # numerator C + T_hm at eps = -inf (T_hm = 0)
+    # numerator change when the pair becomes a model tie: +1 T_h -> T_hm, -1 C -> T_m, 0 D -> T_m
+    delta = human_tie.astype(np.int64) - correct.astype(np.int64)  # (N,)
+    size = np.abs(m)
+    finite = ~np.isnan(size)
+    size, delta = size[finite], delta[finite]
+    order = np.argsort(size, kind="stable")
+    size, delta = size[order], delta[order]
+    numerators = base + np.cumsum(delta)  # (N',) state after tying pairs 0..k
+    group_end = np.ones(size.size, dtype=bool)
+    group_end[:-1] = size[1:] != size[:-1]  # move each run of equal |m| as a whole
+    thresholds = np.concatenate([[-math.inf], size[group_end]])
+    return thresholds, np.concatenate([[base], numerators[group_end]]).astype(np.int64)
+
+
 def accuracy_with_ties(human: Sequence[float], margin: Sequence[float]) -> TieResult:
     """Exact accuracy with ties (REFERENCE.md 9.4; Deutsch et al. 2023, Algorithm 1), O(N log N).
 
@@ -108,23 +130,28 @@ def accuracy_with_ties(human: Sequence[float], margin: Sequence[float]) -> TieRe
     n = h.size
     if n == 0:
         return TieResult(math.nan, math.nan, math.nan, 0)
-    human_tie = h == 0
-    correct = (h * m > 0) & ~human_tie  # class C at eps = -inf
-    base = int(correct.sum())  # numerator C + T_hm at eps = -inf (T_hm = 0)
-    # numerator change when the pair becomes a model tie: +1 T_h -> T_hm, -1 C -> T_m, 0 D -> T_m
-    delta = human_tie.astype(np.int64) - correct.astype(np.int64)  # (N,)
-    size = np.abs(m)
-    finite = ~np.isnan(size)  # a NaN |m| is <= no threshold
-    size, delta = size[finite], delta[finite]
-    order = np.argsort(size, kind="stable")
-    size, delta = size[order], delta[order]
-    numerators = base + np.cumsum(delta)  # (N',) state after moving pairs 0..k
-    group_end = np.ones(size.size, dtype=bool)
-    group_end[:-1] = size[1:] != size[:-1]  # move each run of equal |m| as a whole
-    candidates = np.concatenate([[base], numerators[group_end]])
-    thresholds = np.concatenate([[-math.inf], size[group_end]])
-    best = int(np.argmax(candidates))  # first maximum: the smallest eps
-    return TieResult(int(candidates[best]) / n, float(thresholds[best]), int(human_tie.sum()) / n, n)
+    thresholds, numerators = _tie_states(h, m)
+    best = int(np.argmax(numerators))  # first maximum: the smallest eps
+    return TieResult(int(numerators[best]) / n, float(thresholds[best]), int((h == 0).sum()) / n, n)
+
+
+def tie_accuracy_curve(human: Sequence[float], margin: Sequence[float]) -> tuple[list[float], list[float]]:
+    """acc(eps) of `accuracy_with_ties` as a step function over eps >= 0, for plotting (`where="post"`).
+
+    Returns (thresholds, accuracies): the finite distinct |m| ascending, each with the accuracy that holds from it
+    up to the next. When min |m| > 0 the no-tie accuracy (eps = -inf, equal to acc(0)) is prepended at eps = 0.
+    Empty lists for empty input.
+    """
+    h, m = _as_arrays(human, margin)
+    if h.size == 0:
+        return [], []
+    thresholds, numerators = _tie_states(h, m)
+    accuracy = numerators / h.size
+    keep = np.isfinite(thresholds)
+    if thresholds.size == 1 or thresholds[1] > 0:  # no pair has m == 0: acc(0) = acc(-inf)
+        thresholds[0] = 0.0
+        keep[0] = True
+    return thresholds[keep].tolist(), accuracy[keep].tolist()
 
 
 # --- compat: the reference's calc_accuracy.py (REFERENCE.md 9.5) ---------------------------------------------

@@ -170,7 +170,7 @@ def run(cfg: RewardBenchConfig) -> int:
     write_atomic(f"{cfg.output}.md", report)
     from videoalign.plots import accuracy_curves
 
-    accuracy_curves(curves, f"{cfg.output}.ties.png", title=f"{cfg.model}: accuracy vs tie threshold")
+    accuracy_curves(curves, f"{cfg.output}.ties.png", title=f"{Path(cfg.model).name}: accuracy vs tie threshold")
     if cfg.json:
         write_atomic(cfg.json, json.dumps(figures, indent=2) + "\n")
     stdout.print(report, markup=False, highlight=False)
