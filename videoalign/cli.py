@@ -101,6 +101,37 @@ def score(
     raise typer.Exit(_guard(run_single, cfg, video, prompt, as_json))
 
 
+@app.command("train-reward")
+def train_reward(
+    train_csv: Optional[str] = typer.Option(None, "--train-csv", help="Training pairs: path_A,path_B,prompt,<label columns>."),
+    val_csv: Optional[str] = typer.Option(None, "--val-csv", help="Validation pairs, evaluated every --eval-every steps."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="metrics.jsonl, checkpoints/, final/."),
+    base_model: Optional[str] = typer.Option(None, help="Base Qwen2-VL: hub id, folder or tiny-random."),
+    init_from: Optional[str] = typer.Option(None, help="Fine-tune this VideoReward checkpoint instead."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per process per micro-step."),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-steps per optimiser step."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    resume: Optional[bool] = typer.Option(None, "--resume", help="Continue from the newest checkpoint."),
+    export_layout: Optional[str] = typer.Option(None, help="native, or reference to also write the reference layout."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Train a multi-dimension VideoReward with the Bradley-Terry-with-ties loss (all keys: --recipe / --set).
+
+    \b
+    1 GPU:  videoalign train-reward --recipe recipes/train_reward/videoreward_2b.yaml
+    N GPUs: accelerate launch --num_processes N -m videoalign train-reward --recipe recipes/train_reward/videoreward_2b.yaml
+    """
+    from videoalign.commands.train_reward import TrainRewardConfig, run
+
+    flags = dict(train_csv=train_csv, val_csv=val_csv, output_dir=output_dir, base_model=base_model,
+                 init_from=init_from, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                 device=device, resume=resume, export_layout=export_layout)
+    cfg = _resolve(TrainRewardConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @app.command()
 def relabel(
     input: Optional[str] = typer.Argument(None, help="Manifest (CSV/JSONL: prompt,video[,group,model]) or pair CSV; - = stdin."),

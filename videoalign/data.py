@@ -74,8 +74,9 @@ def read_score_csv(path: str | Path) -> list[ScoreItem]:
         for column in video_columns:
             video = (row.get(column) or "").strip()
             if not video:
-                key = f"<{path.name} row {row_number} {column}>"
-                items.setdefault(key, ScoreItem(key, "", root, prompt or "",
+                # A stable key (video_key is idempotent on it), so the error record keeps its place on resume.
+                key = video_key(root / f"<{path.name} row {row_number} {column}>")
+                items.setdefault(key, ScoreItem(key, "", Path(key), prompt or "",
                                                 error=f"{path} row {row_number}: empty {column}; fill in a video path"))
                 continue
             key = video_key(root / video)
@@ -298,3 +299,72 @@ def read_labelled_pairs(source: str | Path, videos_root: str | Path | None = Non
         raise DataError(f"{path}: needs path_A,path_B,prompt,<labels> (VideoGen-RewardBench) or "
                         f"left_video,right_video,vote_type,prompt (GenAI-Bench); found {found}")
     return pairs
+
+
+#: label cell -> training label (REFERENCE.md 7.1): "invalid" and empty cells are masked (22), as the reference
+TRAIN_LABELS = {"A": 1, "B": -1, "same": 0, "invalid": 22, "": 22}
+NOT_LABEL_COLUMNS = {"path_A", "path_B", "prompt", "A_model", "B_model", "Overall"}
+
+
+@dataclass
+class TrainPair:
+    """A training pair: labels (one per dimension) are 1 (A better), -1 (B better), 0 (tie) or 22 (masked)."""
+
+    row: int
+    path_a: Path
+    path_b: Path
+    prompt: str
+    labels: list[int]
+    num_frames_a: int | None = None
+    num_frames_b: int | None = None
+
+
+def label_columns(columns: Iterable[str]) -> list[str]:
+    """The dimension columns of a pair CSV: every column that is not a path, prompt, model, fps, frame count or
+    MOS column, in file order (so `VQ,MQ,TA` gives three reward tokens, `Aesthetics` one)."""
+    return [c for c in columns if c not in NOT_LABEL_COLUMNS
+            and not c.startswith(("fps_", "num_frames_", "MOS_"))]
+
+
+def read_train_pairs(path: str | Path, dims: list[str] | None = None, videos_root: str | Path | None = None):
+    """Read a reference-format training CSV. Returns (dims, pairs, problems): rows with an unknown label, a
+    missing video or no prompt are reported in `problems` (with their row number) and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such pair CSV; check the data path in the recipe")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    missing = [c for c in ("path_A", "path_B", "prompt") if c not in columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {','.join(missing)}; a pair CSV needs path_A,path_B,prompt,<dims>")
+    dims = list(dims) if dims else label_columns(columns)
+    absent = [d for d in dims if d not in columns]
+    if not dims or absent:
+        raise DataError(f"{path}: no label column for {','.join(absent) or 'any dimension'}; add one column per "
+                        "dimension with labels A, B or same")
+    root = Path(videos_root) if videos_root else path.parent
+    pairs, problems = [], []
+    for number, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        bad = [f"{d}={row.get(d)!r}" for d in dims if row.get(d, "") not in TRAIN_LABELS]
+        if bad:
+            problems.append(f"{path} row {number}: unknown label {', '.join(bad)}; use A, B, same or invalid")
+            continue
+        if not row.get("prompt"):
+            problems.append(f"{path} row {number}: empty prompt; fill it in")
+            continue
+        a, b = root / row["path_A"], root / row["path_B"]
+        absent_files = [str(p) for p in (a, b) if not p.is_file()]
+        if absent_files:
+            problems.append(f"{path} row {number}: missing video {', '.join(absent_files)}")
+            continue
+
+        def frames(key):
+            value = row.get(key)
+            return int(float(value)) if value else None
+
+        pairs.append(TrainPair(number, a, b, row["prompt"], [TRAIN_LABELS[row[d]] for d in dims],
+                               frames("num_frames_A"), frames("num_frames_B")))
+    return dims, pairs, problems

@@ -33,6 +33,15 @@ def reward_token(dim: str) -> str:
     return f"<|{dim}_reward|>"
 
 
+def generic_template(dims) -> str:
+    """A rubric for custom dimensions (any names): the prompt, then one rating line per reward token.
+    The released template is VQ/MQ/TA-specific; this one serves models trained on other label columns."""
+    lines = ["", "Please evaluate the video generated from the textual prompt below.",
+             "Textual prompt - {text_prompt}"]
+    lines += [f"Please provide the rating of {d}: {reward_token(d)}" for d in dims]
+    return "\n".join(lines) + "\nEND\n"
+
+
 @lru_cache(maxsize=None)
 def load_template(template_type: str = "detailed_special") -> str:
     """The byte-exact rubric text (read with newline="" so nothing touches its line ends or spaces)."""
@@ -63,7 +72,7 @@ class RewardInputBuilder:
     def __init__(self, tokenizer, dims=DEFAULT_DIMS, template_type: str = "detailed_special"):
         self.tokenizer = tokenizer
         self.dims = tuple(dims)
-        self.template = load_template(template_type)
+        self.template = generic_template(self.dims) if template_type == "generic" else load_template(template_type)
         tokens = [reward_token(d) for d in self.dims]
         missing = [t for t in tokens if t not in self.template]
         if missing:

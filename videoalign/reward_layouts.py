@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from videoalign.reward_model import (
+    TINY_RANDOM,
     RewardConfig,
     VideoRewardModel,
     build_backbone,
@@ -27,6 +28,8 @@ from videoalign.reward_model import (
     load_base_backbone,
     load_strict,
     load_tokenizer,
+    tiny_qwen_config,
+    tiny_random_tokenizer,
 )
 
 PEFT_PREFIX = "base_model.model."
@@ -190,13 +193,21 @@ def load_reference(root: Path, dtype: torch.dtype, base_model: str | None = None
     step_dir = find_step_dir(root, step)
     base = resolve_base(root, base_model or config.base_model)
     config.base_model = base
-    tokenizer = load_tokenizer(base)
     full = step_dir / "model.pth"
+    if base == TINY_RANDOM:  # a tiny model trained from scratch: its architecture is built in-process
+        if not full.is_file():
+            raise CheckpointError(f"{step_dir}: a tiny-random base has no stored weights; only the full layout loads")
+        tokenizer = tiny_random_tokenizer()
+        base_config = tiny_qwen_config(tokenizer)
+    else:
+        tokenizer = load_tokenizer(base)
     if full.is_file():
         # Full layout: every tensor is in model.pth, so the base's config is enough (no base weights).
         from transformers import AutoConfig
 
-        backbone = build_backbone(AutoConfig.from_pretrained(base), dtype, init=False)
+        if base != TINY_RANDOM:
+            base_config = AutoConfig.from_pretrained(base)
+        backbone = build_backbone(base_config, dtype, init=False)
         model = build_reward_model(backbone, tokenizer, config)
         state = _torch_load(full)
         peft_state = {remap_reference_key(k): v for k, v in state.items()}

@@ -292,18 +292,18 @@ def load_strict(model: nn.Module, state: dict, source: str, tolerated: tuple[str
     log.info("loaded %d/%d tensors from %s", len(own), len(own), source)
 
 
-def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A seeded, randomly initialised tiny VideoReward. Its scores are meaningless: for offline smoke runs."""
+def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, config: RewardConfig | None = None):
+    """A seeded, randomly initialised tiny VideoReward. Its scores are meaningless: for offline smoke runs and
+    as a from-scratch base in tests. `config` sets dims, head and sampling (default: the released layout)."""
+    config = config or RewardConfig()
+    config.base_model = TINY_RANDOM
+    config.note = "tiny-random: a randomly initialised tiny model; its scores are meaningless"
     tokenizer = tiny_random_tokenizer()
-    add_reward_tokens(tokenizer, DEFAULT_DIMS)
+    add_reward_tokens(tokenizer, config.dims)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         backbone = build_backbone(tiny_qwen_config(tokenizer), dtype)
-        config = RewardConfig(
-            base_model=TINY_RANDOM,
-            note="tiny-random: a randomly initialised tiny model; its scores are meaningless",
-        )
         model = build_reward_model(backbone, tokenizer, config)
     finally:
         torch.random.set_rng_state(generator_state)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +129,31 @@ def _clean_path(path: str | os.PathLike) -> Path:
     return Path(s).expanduser().absolute()
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 while decord opens a file: its C++ logger prints "ERROR opening: <file>"
+    itself for a corrupt file, on top of our one-line VideoError. Held for the open call only (milliseconds),
+    under a lock so concurrent decoding threads restore the descriptor correctly."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real stderr (e.g. captured by a test runner): nothing to silence
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 def read_video(
     path: str | os.PathLike,
     fps: float | None = DEFAULT_FPS,
@@ -146,7 +174,8 @@ def read_video(
     import decord  # imported here so that importing videoalign does not load the codec
 
     try:
-        vr = decord.VideoReader(str(p), num_threads=1)
+        with _quiet_native_stderr():
+            vr = decord.VideoReader(str(p), num_threads=1)
         total = len(vr)
         src_fps = float(vr.get_avg_fps())
     except (decord.DECORDError, RuntimeError) as e:

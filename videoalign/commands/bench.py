@@ -61,9 +61,16 @@ def run_speed_score(cfg: SpeedScoreConfig) -> int:
     load_s = time.perf_counter() - start
     ahead = max(2 * cfg.batch_size, cfg.num_workers)
 
-    # 1. Warm-up: one clip through decode and the model, so neither timing pays one-off costs.
-    warm = rm.prepare(items[0].path, items[0].prompt)
-    rm.score_prepared([warm])
+    # 1. Warm-up: the first readable clip through decode and the model, so neither timing pays one-off costs.
+    for item in items:
+        try:
+            warm = rm.prepare(item.path, item.prompt)
+        except ValueError:
+            continue  # counted as failed below, wherever it is in the list
+        rm.score_prepared([warm])
+        break
+    else:
+        raise ValueError(f"{cfg.csv}: none of the {len(items)} videos can be read; nothing to benchmark")
     _sync(rm.device)
 
     # 2. Decode + resize + patchify + tokenise only, through the same prefetching threads.
@@ -95,7 +102,7 @@ def run_speed_score(cfg: SpeedScoreConfig) -> int:
         "load_s": round(load_s, 3),
         "decode_resize_s": round(decode_s, 3),
         "score_s": round(score_s, 3),
-        "clips_per_s": round(len(items) / score_s, 3),
+        "clips_per_s": round(scored / score_s, 3),
         "score_over_decode": round(score_s / decode_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if rm.device.type == "cuda" else None,

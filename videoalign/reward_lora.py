@@ -1,0 +1,115 @@
+"""What trains in a VideoReward model, and how (REFERENCE.md 8.2-8.4): LoRA on the language model, the vision
+tower and merger trained or frozen, only the reward tokens' embedding rows, the head, one learning rate per
+group. Also the LoRA factors' extraction, for checkpoints and the reference layout.
+
+The PEFT wrapper gives the state-dict keys of the reference (`base_model.model.<...>.base_layer.weight`,
+`.lora_A.default.weight`), so `reward_layouts.to_reference_key` turns them into the released layout directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from videoalign.reward_layouts import lora_targets
+
+
+@dataclass
+class TrainableConfig:
+    #: LoRA rank on the language model's linear layers (0 = full fine-tuning of those layers is NOT offered)
+    lora_r: int = 64
+    #: LoRA alpha (scale alpha/r)
+    lora_alpha: float = 128.0
+    #: LoRA dropout (the reference uses 0.05; 0.0 makes runs bit-reproducible across process counts)
+    lora_dropout: float = 0.05
+    #: module-name substrings that never get LoRA
+    lora_exclude: list[str] = field(default_factory=lambda: ["lm_head", "rm_head", "embed_tokens", "visual"])
+    #: train the vision tower's blocks (the reference and the paper do)
+    train_vision: bool = True
+    #: train the vision merger
+    train_merger: bool = True
+    #: learning rate of the LoRA factors and the reward head
+    learning_rate: float = 2e-6
+    #: learning rate of the vision blocks
+    vision_lr: float = 2e-6
+    #: learning rate of the merger
+    merger_lr: float = 2e-6
+    #: learning rate of the reward tokens' embedding rows
+    special_token_lr: float = 2e-6
+    #: AdamW weight decay (not applied to the embedding)
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+    def lora_dict(self) -> dict:
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "exclude": list(self.lora_exclude), "target_modules": None, "use_rslora": False}
+
+
+def wrap_for_training(model: nn.Module, cfg: TrainableConfig, reward_token_ids: list[int]):
+    """Freeze/unfreeze per `cfg`, add LoRA, mask the embedding gradient to the reward rows.
+
+    Returns (peft_model, param_groups) for torch.optim.AdamW. The embedding is trainable as a whole (so DDP
+    and the optimiser see it) but its gradient is zeroed outside the reward-token rows; with weight decay 0,
+    AdamW then leaves those rows bit-identical (8.4's equivalent of the reference's restore callback).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    targets = lora_targets(model, cfg.lora_dict())
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                   bias="none"),
+        autocast_adapter_dtype=False,
+    )
+    inner = peft_model.base_model.model
+    visual = inner.model.visual
+    for name, p in visual.named_parameters():
+        p.requires_grad_(cfg.train_merger if name.startswith("merger.") else cfg.train_vision)
+    inner.rm_head.weight.requires_grad_(True)
+    embed = inner.model.get_input_embeddings().weight
+    embed.requires_grad_(True)
+    rows = torch.zeros(embed.shape[0], 1, dtype=embed.dtype, device=embed.device)
+    rows[reward_token_ids] = 1.0
+    embed.register_hook(lambda grad: grad * rows.to(grad.device, grad.dtype))
+
+    groups = {"lora_head": [], "vision": [], "merger": [], "embedding": []}
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "embed_tokens" in name:
+            groups["embedding"].append(p)
+        elif ".visual.merger." in name:
+            groups["merger"].append(p)
+        elif ".visual." in name:
+            groups["vision"].append(p)
+        else:
+            groups["lora_head"].append(p)
+    lrs = {"lora_head": cfg.learning_rate, "vision": cfg.vision_lr, "merger": cfg.merger_lr,
+           "embedding": cfg.special_token_lr}
+    param_groups = [{"params": ps, "lr": lrs[g], "name": g, "weight_decay": 0.0 if g == "embedding" else cfg.weight_decay}
+                     for g, ps in groups.items() if ps]
+    return peft_model, param_groups
+
+
+def lora_factors(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name (plain model naming): (A (r, in), B (out, r))} of the default adapter."""
+    out = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            out[name] = (module.lora_A["default"].weight.detach().cpu().clone(),
+                         module.lora_B["default"].weight.detach().cpu().clone())
+    return out
+
+
+def trainable_state(peft_model) -> dict[str, torch.Tensor]:
+    """The tensors that change in training (LoRA, head, vision/merger if trained, embedding), by PEFT name."""
+    return {n: p.detach().cpu().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
