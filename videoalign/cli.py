@@ -257,3 +257,28 @@ def bench_speed_relabel(
                  num_workers=num_workers)
     cfg = _resolve(SpeedRelabelConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run_speed_relabel, cfg))
+
+
+@speed_app.command("train-reward")
+def bench_speed_train_reward(
+    train_csv: Optional[str] = typer.Option(None, "--train-csv", help="Training pairs."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the JSON figures."),
+    base_model: Optional[str] = typer.Option(None, help="tiny-random, a folder or a hub id."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (the first is not timed)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    max_pixels: Optional[int] = typer.Option(None, help="Upper bound on resized frame area."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Time train-reward steps: pairs/s and peak memory.
+
+    \b
+    videoalign bench speed train-reward --base-model tiny-random --output bench_train.json
+    """
+    from videoalign.commands.bench import SpeedTrainRewardConfig, run_speed_train_reward
+
+    flags = dict(train_csv=train_csv, output=output, base_model=base_model, steps=steps,
+                 gradient_checkpointing=gradient_checkpointing, max_pixels=max_pixels, device=device)
+    cfg = _resolve(SpeedTrainRewardConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_train_reward, cfg))

@@ -113,3 +113,12 @@ def lora_factors(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def trainable_state(peft_model) -> dict[str, torch.Tensor]:
     """The tensors that change in training (LoRA, head, vision/merger if trained, embedding), by PEFT name."""
     return {n: p.detach().cpu().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def enable_activation_checkpointing(backbone) -> None:
+    """Recompute each layer's activations in backward (non-reentrant, so frozen inputs are fine).
+    transformers renamed gradient_checkpointing_enable to activation_checkpointing_enable in 5.x."""
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -189,3 +189,75 @@ def run_speed_relabel(cfg: SpeedRelabelConfig) -> int:
         console.print(f"wrote {cfg.output}", highlight=False)
     stdout.print(text, markup=False, highlight=False)
     return code
+
+
+@dataclass
+class SpeedTrainRewardConfig:
+    #: training pairs (default: the shared example pairs)
+    train_csv: str = "../shared/data/videoalign_examples/example.csv"
+    #: JSON file for the figures (printed as well)
+    output: str | None = None
+    #: base model: tiny-random, a folder or a hub id (real-size timing needs a GPU)
+    base_model: str = "tiny-random"
+    #: optimiser steps to time (the first is a warm-up and not counted)
+    steps: int = 6
+    #: pairs per micro-step
+    batch_size: int = 1
+    #: micro-steps per optimiser step
+    grad_accum: int = 2
+    #: recompute activations in backward
+    gradient_checkpointing: bool = False
+    #: upper bound on resized frame area (448x448 = 200704 for the real recipe)
+    max_pixels: int = 12544
+    #: device
+    device: str = "auto"
+
+
+def run_speed_train_reward(cfg: SpeedTrainRewardConfig) -> int:
+    """Time optimiser steps of `train-reward` from its own metrics.jsonl timestamps: pairs/s after warm-up."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from videoalign.commands.train_reward import TrainRewardConfig
+    from videoalign.commands.train_reward import run as run_train
+    from videoalign.data import read_jsonl, write_atomic
+    from videoalign.log import console, stdout
+    from videoalign.reward_lora import TrainableConfig
+
+    with tempfile.TemporaryDirectory(prefix="videoalign-bench-") as tmp:
+        train_cfg = TrainRewardConfig(
+            train_csv=cfg.train_csv, output_dir=tmp, base_model=cfg.base_model, max_steps=cfg.steps,
+            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
+            max_pixels=cfg.max_pixels, min_pixels=min(cfg.max_pixels, 128 * 28 * 28), device=cfg.device,
+            warmup_ratio=0.0, trainable=TrainableConfig(lora_dropout=0.0))
+        start = time.perf_counter()
+        run_train(train_cfg)
+        total_s = time.perf_counter() - start
+        steps = [r for r in read_jsonl(Path(tmp) / "metrics.jsonl") if "loss" in r]
+    timed = steps[1:]  # the first step pays one-off costs
+    per_step = (timed[-1]["time"] - steps[0]["time"]) / len(timed) if timed else float("nan")
+    pairs_per_step = cfg.batch_size * cfg.grad_accum
+    figures = {
+        "benchmark": "speed/train-reward",
+        "base_model": cfg.base_model,
+        "steps_timed": len(timed),
+        "pairs_per_step": pairs_per_step,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "max_pixels": cfg.max_pixels,
+        "step_s": round(per_step, 4),
+        "pairs_per_s": round(pairs_per_step / per_step, 3),
+        "samples_per_s": round(2 * pairs_per_step / per_step, 3),  # a pair is two videos
+        "total_s": round(total_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    text = json.dumps(figures, indent=2)
+    if cfg.output:
+        write_atomic(cfg.output, text + "\n")
+        console.print(f"wrote {cfg.output}", highlight=False)
+    stdout.print(text, markup=False, highlight=False)
+    return 0

@@ -223,7 +223,12 @@ def run(cfg: TrainRewardConfig) -> int:
     from videoalign.distributed import make_accelerator
     from videoalign.log import console, progress
     from videoalign.reward import VideoReward
-    from videoalign.reward_lora import lora_factors, trainable_state, wrap_for_training
+    from videoalign.reward_lora import (
+        enable_activation_checkpointing,
+        lora_factors,
+        trainable_state,
+        wrap_for_training,
+    )
 
     precision = cfg.mixed_precision
     if precision == "auto":
@@ -255,7 +260,7 @@ def run(cfg: TrainRewardConfig) -> int:
     torch.manual_seed(cfg.seed)  # LoRA A init: identical on every rank and run
     peft_model, groups = wrap_for_training(model, cfg.trainable, rm.inputs.reward_token_ids)
     if cfg.gradient_checkpointing:
-        model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model.model)
     peft_model.train()
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     scheduler = get_constant_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps))
