@@ -90,3 +90,26 @@ def test_bench_bad_clip_outcome_does_not_depend_on_its_position(clip_dir, tmp_pa
             # throughput of scored clips only, to the rounding of score_s
             assert figures["clips_per_s"] == pytest.approx(3 / figures["score_s"], rel=0.02, abs=2e-3)
     assert outcomes[0] == outcomes[1], outcomes
+
+
+def test_bench_speed_relabel_and_train_reward(shared_data, tmp_path):
+    """Both benches run through the CLI on the shared example pairs and write consistent JSON figures."""
+    from typer.testing import CliRunner
+
+    from videoalign.cli import app
+
+    runner = CliRunner()
+    pairs = shared_data / "videoalign_examples" / "example.csv"
+    result = runner.invoke(app, ["bench", "speed", "relabel", "--input", str(pairs), "--model", "tiny-random",
+                                 "--output", str(tmp_path / "relabel.json")])
+    assert result.exit_code == 0, result.output
+    relabel = json.loads((tmp_path / "relabel.json").read_text())
+    assert (relabel["videos"], relabel["pairs"], relabel["failed"]) == (6, 3, 0)
+    assert relabel["pairs_per_s"] == pytest.approx(3 / relabel["total_s"], rel=0.02)
+    result = runner.invoke(app, ["bench", "speed", "train-reward", "--train-csv", str(pairs), "--steps", "3",
+                                 "--output", str(tmp_path / "train.json")])
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert train["steps_timed"] == 2 and train["pairs_per_step"] == 2
+    assert train["pairs_per_s"] == pytest.approx(2 / train["step_s"], rel=0.02)
+    assert train["peak_rss_mb"] > 0

@@ -124,3 +124,18 @@ def test_bad_pair_file_exits_2(tmp_path, parity):
     result = runner.invoke(app, ["bench", "reward", "--pairs", str(bad), "--model", str(parity)])
     assert result.exit_code == 2
     assert "bad.csv" in result.output and "path_A,path_B" in result.output
+
+
+def test_scores_without_paths_are_matched_by_the_pair_files_paths(scored, example, parity, tmp_path):
+    """A score file from another tool has only `video` as the pair file writes it: it is reused as is."""
+    foreign = tmp_path / "foreign.jsonl"
+    lines = []
+    for record in map(json.loads, scored.read_text().splitlines()):
+        record.pop("path")
+        record["video"] = record["video"].removeprefix("./")  # the pair file writes both spellings
+        lines.append(json.dumps(record))
+    foreign.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["bench", "reward", "--pairs", str(example), "--model", str(parity), "--dtype",
+                                 "float32", "--scores", str(foreign), "--output", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "6 already scored, 0 to score" in result.output

@@ -135,6 +135,20 @@ def calibrate(records: list[dict], dims: list[str], model: str) -> dict[str, dic
     return stats
 
 
+def adopt_scores(path: Path, root: Path) -> None:
+    """Give records of a score file that lack `path` (written by other tools) the absolute path of their
+    `video` as the pair file writes it, so they match the pair file's videos and are not rescored."""
+    from videoalign.data import read_jsonl, video_key, write_jsonl_atomic
+
+    records = read_jsonl(path)
+    if not any("path" not in r for r in records):
+        return
+    for r in records:
+        if "path" not in r and r.get("video"):
+            r["path"] = video_key(root / r["video"])
+    write_jsonl_atomic(path, records)
+
+
 def run(cfg: RewardBenchConfig) -> int:
     from videoalign.commands.score import score_into
     from videoalign.data import read_labelled_pairs, read_score_csv, write_atomic
@@ -148,6 +162,9 @@ def run(cfg: RewardBenchConfig) -> int:
     accelerator = make_accelerator(cfg.device)
     pairs = read_labelled_pairs(cfg.pairs, cfg.videos_root) if cfg.pairs else []
     items = pair_items(pairs) if pairs else read_score_csv(cfg.csv)
+    if cfg.pairs and accelerator.is_main_process:
+        adopt_scores(cfg.cache_path(), Path(cfg.videos_root) if cfg.videos_root else Path(cfg.pairs).parent)
+    accelerator.wait_for_everyone()
     records = score_into(cfg, accelerator, items, cfg.cache_path(), cfg.pairs or cfg.csv)
     if not accelerator.is_main_process:
         return 0
