@@ -23,12 +23,7 @@ def margin_histograms(margins: dict[str, list[float]], path: str | Path, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], path: str | Path, title: str = "") -> Path:
@@ -48,6 +43,13 @@ def accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], path: st
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure as PNG under a temp name, then rename it into place; close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)

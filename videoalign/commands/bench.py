@@ -41,6 +41,18 @@ class SpeedScoreConfig:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
 
 
+def report(figures: dict, output: str | None) -> None:
+    """Print the figures as JSON and, when `output` is set, write them there atomically."""
+    from videoalign.data import write_atomic
+    from videoalign.log import console, stdout
+
+    text = json.dumps(figures, indent=2)
+    if output:
+        write_atomic(output, text + "\n")
+        console.print(f"wrote {output}", highlight=False)
+    stdout.print(text, markup=False, highlight=False)
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (threads included), in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -49,8 +61,7 @@ def peak_rss_mb() -> float:
 def run_speed_score(cfg: SpeedScoreConfig) -> int:
     import torch
 
-    from videoalign.data import prefetch, read_score_csv, write_atomic
-    from videoalign.log import console, stdout
+    from videoalign.data import prefetch, read_score_csv
     from videoalign.reward import VideoReward
 
     items = [it for it in read_score_csv(cfg.csv) if not it.error]
@@ -111,11 +122,7 @@ def run_speed_score(cfg: SpeedScoreConfig) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    text = json.dumps(figures, indent=2)
-    if cfg.output:
-        write_atomic(cfg.output, text + "\n")
-        console.print(f"wrote {cfg.output}", highlight=False)
-    stdout.print(text, markup=False, highlight=False)
+    report(figures, cfg.output)
     return 0
 
 
@@ -153,8 +160,7 @@ def run_speed_relabel(cfg: SpeedRelabelConfig) -> int:
 
     from videoalign.commands.relabel import RelabelConfig
     from videoalign.commands.relabel import run as run_relabel
-    from videoalign.data import read_jsonl, write_atomic
-    from videoalign.log import console, stdout
+    from videoalign.data import read_jsonl
 
     with tempfile.TemporaryDirectory(prefix="videoalign-bench-") as tmp:
         out = str(Path(tmp) / "pairs.jsonl")
@@ -183,11 +189,7 @@ def run_speed_relabel(cfg: SpeedRelabelConfig) -> int:
         "host": platform.node(),
         "torch": torch.__version__,
     }
-    text = json.dumps(figures, indent=2)
-    if cfg.output:
-        write_atomic(cfg.output, text + "\n")
-        console.print(f"wrote {cfg.output}", highlight=False)
-    stdout.print(text, markup=False, highlight=False)
+    report(figures, cfg.output)
     return code
 
 
@@ -222,8 +224,7 @@ def run_speed_train_reward(cfg: SpeedTrainRewardConfig) -> int:
 
     from videoalign.commands.train_reward import TrainRewardConfig
     from videoalign.commands.train_reward import run as run_train
-    from videoalign.data import read_jsonl, write_atomic
-    from videoalign.log import console, stdout
+    from videoalign.data import read_jsonl
     from videoalign.reward_lora import TrainableConfig
 
     with tempfile.TemporaryDirectory(prefix="videoalign-bench-") as tmp:
@@ -255,9 +256,5 @@ def run_speed_train_reward(cfg: SpeedTrainRewardConfig) -> int:
         "torch": torch.__version__,
         "host": platform.node(),
     }
-    text = json.dumps(figures, indent=2)
-    if cfg.output:
-        write_atomic(cfg.output, text + "\n")
-        console.print(f"wrote {cfg.output}", highlight=False)
-    stdout.print(text, markup=False, highlight=False)
+    report(figures, cfg.output)
     return 0
