@@ -58,11 +58,15 @@ def _guard(fn, *args):
     """Run a command; user-input errors become one line and exit 2, without a traceback."""
     from videoalign.log import setup_logging
 
+    from videoalign.distributed import shutdown
+
     setup_logging()
     try:
         return fn(*args)
     except (ValueError, FileNotFoundError) as err:  # DataError, CheckpointError, VideoError, ConfigError
         _fail(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
+    finally:
+        shutdown()
 
 
 @app.command()

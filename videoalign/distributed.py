@@ -87,3 +87,16 @@ def relaunch_cpu_ranks(num_processes: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
            "-m", "videoalign", *argv]
     return subprocess.call(cmd, env=env)
+
+
+def shutdown() -> None:
+    """Destroy the process group, if any, before the interpreter exits: gloo's threads otherwise can abort the
+    process at exit ("terminate called without an active exception", exit code -6) after all work is done."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

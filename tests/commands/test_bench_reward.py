@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from videoalign import metrics
 from videoalign.cli import app
+from videoalign.data import video_key
 
 runner = CliRunner()
 
@@ -44,8 +45,8 @@ def _margins(scores: Path, example: Path, dim: str):
     human, margin = [], []
     with example.open() as fh:
         for row in csv.DictReader(fh):
-            a = by_path[str((example.parent / row["path_A"]).resolve())]
-            b = by_path[str((example.parent / row["path_B"]).resolve())]
+            a = by_path[video_key(example.parent / row["path_A"])]
+            b = by_path[video_key(example.parent / row["path_B"])]
             human.append(metrics.label_from_pair(row[dim]))
             margin.append(a[dim] - b[dim])
     return human, margin
