@@ -81,24 +81,6 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the `#:` comment above it, for help texts and the README's recipe table."""
-    import inspect
-
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#:"):
-            pending.append(stripped[2:].strip())
-        elif ":" in stripped and pending and not stripped.startswith(("#", '"', "def ")):
-            docs[stripped.split(":", 1)[0].strip()] = " ".join(pending)
-            pending = []
-        else:
-            pending = []
-    return docs
-
-
 # --- internals -------------------------------------------------------------------------------------------
 
 

@@ -182,17 +182,6 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int)
             yield done_item, future.result()
 
 
-def batched(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for x in iterable:
-        batch.append(x)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @dataclass
 class RelabelInput:
     """Rows of a relabel input. kind "manifest": rows have video, prompt, group, model; kind "pairs": rows

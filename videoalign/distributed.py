@@ -1,4 +1,4 @@
-"""The only core module that imports accelerate: build the one Accelerator, rank helpers, print0.
+"""The only core module that imports accelerate: build the one Accelerator, shard work, broadcast, shut down.
 
 Commands call `make_accelerator()` once and pass plain values (rank, world size, device) to the core. The
 same code path serves one process and `accelerate launch --num_processes N ...`.
@@ -16,17 +16,6 @@ def make_accelerator(device: str = "auto", **kwargs):
 
     handlers = [InitProcessGroupKwargs(timeout=timedelta(hours=48))]
     return Accelerator(cpu=(device == "cpu"), kwargs_handlers=handlers, **kwargs)
-
-
-def is_main(accelerator) -> bool:
-    return accelerator.is_main_process
-
-
-def print0(accelerator, *args, **kwargs) -> None:
-    if accelerator.is_main_process:
-        from videoalign.log import console
-
-        console.print(*args, **kwargs)
 
 
 def shard(items: list, rank: int, world: int) -> list:

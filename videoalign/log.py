@@ -7,7 +7,6 @@ percent, so logs stay readable. Logging goes through rich's handler so log lines
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import contextmanager
 
@@ -81,7 +80,3 @@ def progress(total: int, description: str, enabled: bool = True):
 def error_line(message: str) -> None:
     """A one-line user-facing error on stderr."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()

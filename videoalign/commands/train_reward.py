@@ -15,7 +15,6 @@ N GPUs: accelerate launch --num_processes N -m videoalign train-reward --recipe 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -352,7 +351,3 @@ def write_metrics(path: Path, record: dict) -> None:
     from videoalign.data import append_jsonl
 
     append_jsonl(path, [{"time": round(time.time(), 3), **record}])
-
-
-def json_safe(x):
-    return json.loads(json.dumps(x, default=float))
