@@ -189,6 +189,7 @@ def bench_reward(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Prefix of the report: <output>.md and <output>.ties.png."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the figures as JSON here."),
     calibrate: Optional[bool] = typer.Option(None, "--calibrate", help="Store per-dimension mean/std in the checkpoint."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="default, or reference: the leaderboard's sorted batches of 8 in bf16."),
     csv: Optional[str] = typer.Option(None, "--csv", help="Videos to calibrate on (video,prompt CSV), instead of --pairs."),
     model: Optional[str] = ModelOpt,
     base_model: Optional[str] = BaseModelOpt,
@@ -212,7 +213,7 @@ def bench_reward(
     from videoalign.commands.bench_reward import RewardBenchConfig, run
 
     flags = dict(pairs=pairs, videos_root=videos_root, scores=scores, ties=ties, overall=overall, output=output,
-                 json=json_out, calibrate=calibrate, csv=csv, model=model, base_model=base_model,
+                 json=json_out, calibrate=calibrate, protocol=protocol, csv=csv, model=model, base_model=base_model,
                  checkpoint_step=checkpoint_step, dtype=dtype, device=device, batch_size=batch_size,
                  num_workers=num_workers, fps=fps, max_pixels=max_pixels)
     cfg = _resolve(RewardBenchConfig, recipe, flags, set_)

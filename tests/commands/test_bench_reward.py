@@ -140,3 +140,26 @@ def test_scores_without_paths_are_matched_by_the_pair_files_paths(scored, exampl
                                  "float32", "--scores", str(foreign), "--output", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "6 already scored, 0 to score" in result.output
+
+
+def test_reference_protocol_scores_sorted_paths_in_batches_of_8(example, parity, tmp_path, monkeypatch):
+    """REFERENCE.md 9.6: distinct videos sorted by path as written, batches of 8, bf16 by default."""
+    from videoalign.reward import VideoReward
+
+    seen = {}
+    original = VideoReward.iter_scores
+
+    def spy(self, pairs, **kw):
+        seen["order"] = [item.video for item, _ in pairs]
+        seen["batch_size"] = kw["batch_size"]
+        seen["dtype"] = next(self.model.parameters()).dtype
+        return original(self, pairs, **kw)
+
+    monkeypatch.setattr(VideoReward, "iter_scores", spy)
+    result = runner.invoke(app, ["bench", "reward", "--pairs", str(example), "--model", str(parity),
+                                 "--protocol", "reference", "--output", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert seen["order"] == sorted(seen["order"]) and len(seen["order"]) == 6
+    assert seen["order"][0] == "./videos/example_1_B.mp4"  # "./" sorts before "v": the pair file's spelling
+    assert seen["batch_size"] == 8
+    assert str(seen["dtype"]) == "torch.bfloat16"

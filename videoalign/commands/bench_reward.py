@@ -43,9 +43,16 @@ class RewardBenchConfig(ScoreConfig):
     json: str | None = None
     #: compute per-dimension mean/std of raw scores over the videos and store them in the checkpoint
     calibrate: bool = False
+    #: reference = the leaderboard's scoring order (REFERENCE.md 9.6): distinct videos sorted by path as written,
+    #: batches of 8 in bf16, one process; bf16 scores depend on batch composition, so only this order matches
+    protocol: Literal["default", "reference"] = "default"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.protocol == "reference":
+            self.batch_size = 8
+            if self.dtype == "auto":
+                self.dtype = "bfloat16"
         if not self.pairs and not self.csv:
             raise ValueError("bench reward needs --pairs PAIRS.csv (or --csv VIDEOS.csv with --calibrate)")
         if self.csv and not self.calibrate:
@@ -162,6 +169,10 @@ def run(cfg: RewardBenchConfig) -> int:
     accelerator = make_accelerator(cfg.device)
     pairs = read_labelled_pairs(cfg.pairs, cfg.videos_root) if cfg.pairs else []
     items = pair_items(pairs) if pairs else read_score_csv(cfg.csv)
+    if cfg.protocol == "reference":
+        if accelerator.num_processes > 1:
+            raise ValueError("--protocol reference scores in one fixed order of batches: run it on one process")
+        items = sorted(items, key=lambda it: it.video)  # lexicographic on the path as the pair file writes it
     if cfg.pairs and accelerator.is_main_process:
         adopt_scores(cfg.cache_path(), Path(cfg.videos_root) if cfg.videos_root else Path(cfg.pairs).parent)
     accelerator.wait_for_everyone()
