@@ -178,7 +178,7 @@ class VideoReward:
         return results
 
     def iter_scores(self, pairs, *, batch_size=8, num_workers=2, raw=False, fps=None, num_frames=None,
-                    max_pixels=None, on_prepared=None):
+                    max_pixels=None):
         """Yield, per model batch, [(item, record)] for `pairs` of (video path or item, prompt).
 
         Items that fail to decode are yielded with their error in the same chunk as the batch they would have
@@ -192,8 +192,6 @@ class VideoReward:
 
         pending: list = []  # (pair, prepared | None, error | None)
         for pair, result in prefetch(work, pairs, workers=num_workers, ahead=max(2 * batch_size, num_workers)):
-            if on_prepared is not None:
-                on_prepared()
             if isinstance(result, Exception):
                 pending.append((pair, None, _error_text(pair[0], result)))
             else:

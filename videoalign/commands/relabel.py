@@ -111,14 +111,15 @@ def build_pairs(source, scored: dict[str, dict], cfg: RelabelConfig, dims: list[
             pairs.append(make_pair(a, b, weights, cfg.tie_threshold, None) | {"row": row["_row"]})
     else:
         groups: dict[str, list[dict]] = {}
+        seen: set[tuple[str, str]] = set()
         for row in source.rows:
             record = ok.get(video_key(source.root / str(row.get("video") or "").strip())) if "_error" not in row else None
             if record is None:
                 continue
             group = str(row.get("group") or "").strip() or row.get("prompt")
-            members = groups.setdefault(group, [])
-            if record not in members:
-                members.append(record)
+            if (group, record["path"]) not in seen:  # a video listed twice in a group counts once
+                seen.add((group, record["path"]))
+                groups.setdefault(group, []).append(record)
         for group, members in groups.items():
             if len(members) < 2:
                 singles += 1

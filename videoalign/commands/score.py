@@ -13,14 +13,12 @@ N GPUs:     accelerate launch --num_processes N -m videoalign score --csv videos
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from videoalign.config import config_to_dict
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

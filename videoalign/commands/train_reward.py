@@ -15,7 +15,6 @@ N GPUs: accelerate launch --num_processes N -m videoalign train-reward --recipe 
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ import torch
 from videoalign.config import config_to_dict
 from videoalign.reward_lora import TrainableConfig
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -247,7 +245,7 @@ def run(cfg: TrainRewardConfig) -> int:
     total_steps = cfg.max_steps or cfg.epochs * (len(pairs) // global_batch)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "resolved_recipe.yaml", yaml.safe_dump(resolved(cfg), sort_keys=False))
+        write_atomic(out / "resolved_recipe.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         for problem in problems:
             console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
         console.print(f"{len(pairs)} training pairs ({len(problems)} skipped), dims {','.join(dims)}, "
@@ -342,9 +340,6 @@ def run(cfg: TrainRewardConfig) -> int:
     accelerator.wait_for_everyone()
     return 0
 
-
-def resolved(cfg: TrainRewardConfig) -> dict:
-    return config_to_dict(cfg)
 
 
 def write_metrics(path: Path, record: dict) -> None:
