@@ -51,8 +51,9 @@ def latest(output_dir: Path) -> Path | None:
 
 
 def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, extra: dict, rank: int, world: int,
-         barrier) -> Path:
-    """Every rank writes its RNG; rank 0 writes the rest into a temp folder and renames it when complete."""
+         barrier, tensors: dict | None = None) -> Path:
+    """Every rank writes its RNG; rank 0 writes the rest into a temp folder and renames it when complete.
+    `tensors` (e.g. EMA weights) go to extra.safetensors."""
     from safetensors.torch import save_file
 
     final = checkpoint_dir(output_dir, step)
@@ -65,6 +66,8 @@ def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, ext
     barrier()
     if rank == 0:
         save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        if tensors:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "extra.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": world, **extra}, indent=2))
@@ -76,7 +79,7 @@ def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, ext
 
 def load(path: Path, model, optimizer, scheduler, rank: int) -> dict:
     """Restore trainable tensors (strictly: every trainable name must be present), optimiser, scheduler and this
-    rank's RNG. Returns state.json."""
+    rank's RNG. Returns state.json, with the tensors of extra.safetensors under "tensors" when there are any."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path / "trainable.safetensors"))
@@ -95,4 +98,6 @@ def load(path: Path, model, optimizer, scheduler, rank: int) -> dict:
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    if (path / "extra.safetensors").is_file():
+        state["tensors"] = load_file(str(path / "extra.safetensors"))
     return state

@@ -179,6 +179,82 @@ def relabel(
     raise typer.Exit(_guard(run, cfg))
 
 
+DataOpt = typer.Option(None, "--data", help="Pair file: relabel's pairs JSONL or a reference pair CSV.")
+AlignOutOpt = typer.Option(None, "--output-dir", "-o", help="metrics.jsonl, checkpoints/, samples/, final/.")
+GenModelOpt = typer.Option(None, help="diffusers text-to-video model: hub id, folder or tiny-random.")
+MaxStepsOpt = typer.Option(None, help="Stop after this many optimiser steps.")
+AccumOpt = typer.Option(None, help="Micro-steps per optimiser step.")
+LrOpt = typer.Option(None, "--lr", help="Learning rate (paper: 5e-6).")
+ResumeOpt = typer.Option(None, "--resume", help="Continue from the newest checkpoint.")
+MergeOpt = typer.Option(None, "--merge", help="Also save the pipeline with the LoRA fused in (merged/).")
+
+
+@app.command()
+def dpo(
+    data: Optional[str] = DataOpt,
+    output_dir: Optional[str] = AlignOutOpt,
+    model: Optional[str] = GenModelOpt,
+    beta: Optional[float] = typer.Option(None, help="DPO beta for the per-sample mean error (e.g. 5000)."),
+    beta_schedule: Optional[str] = typer.Option(None, help="constant (Flow-DPO) or timestep: beta (1 - t)^2 (ablation)."),
+    max_steps: Optional[int] = MaxStepsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    grad_accum: Optional[int] = AccumOpt,
+    learning_rate: Optional[float] = LrOpt,
+    device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    merge: Optional[bool] = MergeOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Flow-DPO with a constant beta on a rectified-flow video model (all keys: --recipe / --set).
+
+    \b
+    1 GPU:  videoalign dpo --recipe recipes/dpo/wan2_1_t2v_1_3b_lora.yaml --data pairs.jsonl --beta 5000
+    N GPUs: accelerate launch --num_processes N -m videoalign dpo --recipe recipes/dpo/wan2_1_t2v_1_3b_lora.yaml --data pairs.jsonl
+    """
+    from videoalign.commands.dpo import DpoConfig, run
+
+    flags = dict(data=data, output_dir=output_dir, model=model, beta=beta, beta_schedule=beta_schedule,
+                 max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate,
+                 device=device, resume=resume, merge=merge)
+    cfg = _resolve(DpoConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
+@app.command()
+def rwr(
+    data: Optional[str] = typer.Option(None, "--data", help="relabel's pairs JSONL, a pair CSV or score's JSONL."),
+    output_dir: Optional[str] = AlignOutOpt,
+    model: Optional[str] = GenModelOpt,
+    weighting: Optional[str] = typer.Option(None, help="exp, raw or uniform (uniform + --chosen-only = SFT)."),
+    temperature: Optional[float] = typer.Option(None, help="Temperature of exp weighting."),
+    chosen_only: Optional[bool] = typer.Option(None, "--chosen-only", help="Train on chosen videos only."),
+    max_steps: Optional[int] = MaxStepsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    grad_accum: Optional[int] = AccumOpt,
+    learning_rate: Optional[float] = LrOpt,
+    device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    merge: Optional[bool] = MergeOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Flow-RWR (reward-weighted flow matching) or the SFT baseline (all keys: --recipe / --set).
+
+    \b
+    1 GPU:  videoalign rwr --recipe recipes/rwr/wan2_1_t2v_1_3b_lora.yaml --data pairs.jsonl
+    SFT:    videoalign rwr --recipe recipes/rwr/wan2_1_t2v_1_3b_lora.yaml --data pairs.jsonl --weighting uniform --chosen-only
+    N GPUs: accelerate launch --num_processes N -m videoalign rwr --recipe recipes/rwr/wan2_1_t2v_1_3b_lora.yaml --data pairs.jsonl
+    """
+    from videoalign.commands.rwr import RwrConfig, run
+
+    flags = dict(data=data, output_dir=output_dir, model=model, weighting=weighting, temperature=temperature,
+                 chosen_only=chosen_only, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                 learning_rate=learning_rate, device=device, resume=resume, merge=merge)
+    cfg = _resolve(RwrConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @bench_app.command("reward")
 def bench_reward(
     pairs: Optional[str] = typer.Option(None, "--pairs", help="Human-labelled pairs (VideoGen-RewardBench CSV or GenAI-Bench votes)."),

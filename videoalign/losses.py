@@ -198,3 +198,80 @@ def reduce_loss(loss: torch.Tensor, mask: torch.Tensor, mode: Reduction = "compa
         # clamp avoids 0/0 without a host sync: with no valid entry the numerator is 0, so the result is 0
         return masked.sum() / weights.sum().clamp(min=1.0)
     raise ValueError(f"mode must be 'compat' or 'masked_mean'; got {mode!r}")
+
+
+# --- Flow-DPO and Flow-RWR (REFERENCE.md 10.4, 10.6) ---------------------------------------------------------
+
+BetaSchedule = Literal["constant", "timestep"]
+RwrWeighting = Literal["exp", "raw", "uniform"]
+
+
+def dpo_beta(beta: float, t: torch.Tensor, schedule: BetaSchedule = "constant") -> torch.Tensor:
+    """(B,) beta per sample: `constant` = beta (the paper's Flow-DPO); `timestep` = beta (1 - t)^2, the "direct
+    derivation" from Diffusion-DPO (ablation; it vanishes at t -> 1, so noisy steps go unregularised)."""
+    if schedule == "constant":
+        return torch.full_like(t, float(beta), dtype=torch.float32)
+    if schedule == "timestep":
+        return float(beta) * (1 - t.float()) ** 2
+    raise ValueError(f"beta schedule {schedule!r} is unknown; use constant or timestep")
+
+
+def flow_dpo_loss(policy_chosen_err: torch.Tensor, policy_rejected_err: torch.Tensor, ref_chosen_err: torch.Tensor,
+                  ref_rejected_err: torch.Tensor, beta: torch.Tensor | float) -> tuple[torch.Tensor, dict]:
+    """Flow-DPO: per-sample loss (B,) and detached stats.
+
+    Each `*_err` is (B,): the per-sample mean squared velocity error of the policy / reference on the chosen /
+    rejected video, all four at the same (t, noise). beta is a float or (B,) (see dpo_beta).
+        w_diff = policy_chosen_err - ref_chosen_err,  l_diff = policy_rejected_err - ref_rejected_err
+        inside = -(beta / 2) (w_diff - l_diff),        loss = -log sigmoid(inside)
+    At LoRA init the policy equals the reference: inside = 0 and loss = ln 2 = 0.693147. Lowering the chosen
+    error relative to the reference (w_diff < 0) raises inside and lowers the loss.
+    Stats: inside, implicit_acc = 1[inside > 0], reward_margin = inside (the implicit reward of chosen minus
+    rejected), w_diff, l_diff and the four errors.
+    """
+    w_diff = policy_chosen_err - ref_chosen_err
+    l_diff = policy_rejected_err - ref_rejected_err
+    inside = -0.5 * beta * (w_diff - l_diff)
+    loss = -F.logsigmoid(inside)
+    stats = {"inside": inside, "implicit_acc": (inside > 0).float(), "reward_margin": inside, "w_diff": w_diff,
+             "l_diff": l_diff, "policy_chosen_err": policy_chosen_err, "policy_rejected_err": policy_rejected_err,
+             "ref_chosen_err": ref_chosen_err, "ref_rejected_err": ref_rejected_err}
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def rwr_weights(rewards: torch.Tensor, weighting: RwrWeighting = "exp", temperature: float = 1.0,
+                normalize: bool = True, batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) Flow-RWR sample weights from rewards (B,).
+
+    exp: w = exp(r / temperature) (the paper's form); raw: w = r; uniform: w = 1 (with chosen-only samples this is
+    the SFT baseline). normalize divides by the mean |w| over `batch_rewards` (default: `rewards`), the global
+    batch gathered across processes, so the mean weight is 1 and the loss scale does not drift with the reward
+    level; exp is computed as exp((r - m) / T) / mean_j exp((r_j - m) / T) with m = max r_j, which is the same
+    number without overflow.
+    Example: r = (0, ln 3), T = 1, exp: w = (1, 3); normalised: (0.5, 1.5).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = rewards if batch_rewards is None else batch_rewards
+    if weighting == "uniform":
+        return torch.ones_like(rewards, dtype=torch.float32)
+    if weighting == "raw":
+        w, all_w = rewards.float(), batch.float()
+    elif weighting == "exp":
+        top = batch.max().float() if normalize else 0.0
+        w, all_w = torch.exp((rewards.float() - top) / temperature), torch.exp((batch.float() - top) / temperature)
+    else:
+        raise ValueError(f"weighting {weighting!r} is unknown; use exp, raw or uniform")
+    if not normalize:
+        return w
+    scale = all_w.abs().mean()
+    if scale <= 0:
+        raise ValueError("all reward weights in the batch are 0; use weighting exp or uniform")
+    return w / scale
+
+
+def flow_rwr_loss(err: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Flow-RWR per-sample loss (B,): w * err, err the per-sample mean squared velocity error (B,) and w from
+    rwr_weights (B,). As in the paper the (1 - t)^2 factor is omitted. Example: err (2, 4), w (0.5, 1.5) ->
+    (1, 6), mean 3.5."""
+    return weights.to(err.dtype) * err

@@ -154,18 +154,8 @@ def _quiet_native_stderr():
             os.close(devnull)
 
 
-def read_video(
-    path: str | os.PathLike,
-    fps: float | None = DEFAULT_FPS,
-    num_frames: int | None = None,
-) -> VideoFrames:
-    """Decode the frames the reference would sample from ``path`` (REFERENCE 1.1-1.3).
-
-    Only the sampled indices are decoded (decord ``get_batch``), with one decoder thread so the
-    result does not depend on the machine. Raises `VideoError` for a missing, unreadable, empty or
-    too-short file, a bad frame rate, or an odd sampled frame count.
-    """
-    p = _clean_path(path)
+def _open(p: Path):
+    """(VideoReader, total frames, source fps) of an existing file, or VideoError."""
     if not p.is_file():
         raise VideoError(f"{p}: video file not found; check the path (relative to {Path.cwd()})")
     if p.stat().st_size == 0:
@@ -191,6 +181,37 @@ def read_video(
             f"{p}: video reports frame rate {src_fps}; re-encode it with a fixed frame rate "
             "(ffmpeg -r 24) or pass --num-frames"
         )
+    return vr, total, src_fps
+
+
+def _get_batch(vr, indices: list[int], p: Path) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames at `indices`."""
+    import decord
+
+    try:
+        batch = vr.get_batch(indices).asnumpy()  # uint8 (T, H, W, 3)
+    except (decord.DECORDError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VideoError(
+            f"{p}: cannot decode frames {indices[0]}..{indices[-1]} ({first[:200]}); "
+            "the file may be truncated, re-encode it with ffmpeg"
+        ) from e
+    return batch
+
+
+def read_video(
+    path: str | os.PathLike,
+    fps: float | None = DEFAULT_FPS,
+    num_frames: int | None = None,
+) -> VideoFrames:
+    """Decode the frames the reference would sample from ``path`` (REFERENCE 1.1-1.3).
+
+    Only the sampled indices are decoded (decord ``get_batch``), with one decoder thread so the
+    result does not depend on the machine. Raises `VideoError` for a missing, unreadable, empty or
+    too-short file, a bad frame rate, or an odd sampled frame count.
+    """
+    p = _clean_path(path)
+    vr, total, src_fps = _open(p)
     try:
         n = sample_frame_count(total, src_fps, fps=fps, num_frames=num_frames)
     except ValueError as e:
@@ -202,16 +223,26 @@ def read_video(
         )
 
     indices = frame_indices(total, n)
-    try:
-        batch = vr.get_batch(indices).asnumpy()  # uint8 (T, H, W, 3)
-    except (decord.DECORDError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VideoError(
-            f"{p}: cannot decode frames {indices[0]}..{indices[-1]} ({first[:200]}); "
-            "the file may be truncated, re-encode it with ffmpeg"
-        ) from e
+    batch = _get_batch(vr, indices, p)
     frames = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous()
     return VideoFrames(frames=frames, indices=indices, total_frames=total, src_fps=src_fps)
+
+
+def read_clip(path: str | os.PathLike, num_frames: int, fps: float | None = None) -> torch.Tensor:
+    """The first `num_frames` frames of a clip as uint8 (F, H, W, 3), for a video generator's VAE.
+
+    fps=None takes consecutive frames; otherwise frame i is source frame round(i * src_fps / fps), so a 30 fps
+    clip read at 16 fps keeps the motion speed a 16 fps model generates. Too short a clip raises VideoError.
+    """
+    p = _clean_path(path)
+    vr, total, src_fps = _open(p)
+    step = 1.0 if fps is None else src_fps / fps
+    indices = [min(round(i * step), total - 1) for i in range(num_frames)]
+    if round((num_frames - 1) * step) > total - 1:
+        at = "" if fps is None else f" at {fps:g} fps"
+        raise VideoError(f"{p}: has {total} frames at {src_fps:g} fps, too few for {num_frames} frames{at}; "
+                         "lower num_frames (or fps) in the recipe, or drop this video")
+    return torch.from_numpy(np.ascontiguousarray(_get_batch(vr, indices, p)))
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps: float) -> Path:

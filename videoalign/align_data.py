@@ -1,0 +1,182 @@
+"""Training records of the alignment commands: preference pairs (dpo, rwr) and rewarded videos (rwr).
+
+Readers return (records, problems): a line that is malformed, names a missing video or cannot be labelled is
+reported as "<file> line N: ..." and skipped, so one bad line never stops a run. Inputs:
+- relabel's pair JSONL: {"prompt", "chosen", "rejected", "scores": {"chosen": {...}, "rejected": {...}},
+  "weights": {...}, ...}; lines with "error" (videos relabel could not score) are skipped and counted.
+- the reference pair CSV: path_A,path_B,prompt,<labels A/B/same per dimension>[,Overall]. The chosen side is the
+  `Overall` label when the file has one, else the majority over the dimension labels; ties are skipped.
+- score's JSONL (rwr only): {"video", "path", "prompt", "VQ", "MQ", "TA", ...} per video.
+Paths resolve against `videos_root`, else the file's folder; relabel writes absolute paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from videoalign.data import DataError
+from videoalign.preferences import weighted_reward
+
+DIMS = ("VQ", "MQ", "TA")
+_SIDE = {"A": 1, "B": -1, "same": 0}
+
+
+@dataclass
+class PreferencePair:
+    line: int
+    prompt: str
+    chosen: Path
+    rejected: Path
+    #: weighted rewards of the two sides (None when the file has labels only, e.g. a reference pair CSV)
+    reward_chosen: float | None = None
+    reward_rejected: float | None = None
+
+
+@dataclass
+class RewardedVideo:
+    line: int
+    prompt: str
+    path: Path
+    reward: float | None
+    chosen: bool = True  # False for the rejected side of a pair (dropped by `chosen_only`)
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def _lines(path: Path) -> tuple[str, list[tuple[int, object]]]:
+    """("jsonl" | "csv", [(line number, row or parse error)])."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the data path in the recipe")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip()[:1] == "{":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    rows.append((n, exc))
+        return "jsonl", rows
+    return "csv", list(enumerate(csv.DictReader(io.StringIO(text)), start=2))
+
+
+def read_preference_pairs(source: str | Path, videos_root: str | Path | None = None,
+                          weights: dict[str, float] | None = None) -> tuple[list[PreferencePair], list[str]]:
+    """Pairs from relabel's JSONL or a reference pair CSV. `weights` re-weights the JSONL's scores into the
+    rewards (default: the weights each line was labelled with, else 1:1:1)."""
+    path = Path(source)
+    kind, rows = _lines(path)
+    root = Path(videos_root) if videos_root else path.parent
+    pairs, problems = [], []
+    for n, row in rows:
+        where = f"{path} line {n}"
+        try:
+            pair = _jsonl_pair(row, root, weights, n) if kind == "jsonl" else _csv_pair(row, root, n)
+        except (DataError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"{where}: {_reason(exc)}")
+            continue
+        if pair is None:
+            continue
+        missing = [str(p) for p in (pair.chosen, pair.rejected) if not p.is_file()]
+        if missing:
+            problems.append(f"{where}: missing video {', '.join(missing)}; fix the path or drop the line")
+            continue
+        pairs.append(pair)
+    return pairs, problems
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}; each line needs prompt, chosen and rejected"
+    return str(exc) or type(exc).__name__
+
+
+def _jsonl_pair(row, root: Path, weights, n: int) -> PreferencePair:
+    if isinstance(row, Exception):
+        raise DataError(f"not valid JSON ({row.msg} at column {row.colno})")
+    if not isinstance(row, dict):
+        raise DataError("not a JSON object")
+    if "error" in row and "chosen" not in row:
+        raise DataError(f"relabel could not score {row.get('video', 'a video')} ({row['error']})")
+    prompt = row["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError("empty prompt")
+    rewards = [None, None]
+    scores = row.get("scores")
+    if scores:
+        w = weights or row.get("weights") or {d: 1.0 for d in DIMS}
+        rewards = [weighted_reward(scores[side], w) for side in ("chosen", "rejected")]
+    return PreferencePair(n, prompt, _resolve(root, row["chosen"]), _resolve(root, row["rejected"]), *rewards)
+
+
+def _csv_pair(row: dict, root: Path, n: int) -> PreferencePair | None:
+    row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for column in ("path_A", "path_B", "prompt"):
+        if not row.get(column):
+            raise DataError(f"empty {column}; a pair CSV needs path_A,path_B,prompt and label columns")
+    if row.get("Overall"):
+        labels = [row["Overall"]]
+    else:
+        labels = [row[d] for d in DIMS if row.get(d)]
+    unknown = [label for label in labels if label not in _SIDE]
+    if unknown or not labels:
+        raise DataError(f"label {unknown[0]!r} is unknown; use A, B or same" if unknown else
+                        "no label; fill Overall or the VQ, MQ, TA columns with A, B or same")
+    vote = sum(_SIDE[label] for label in labels)
+    if vote == 0:
+        raise DataError("a tie (no preferred side); DPO needs a chosen and a rejected video")
+    a, b = _resolve(root, row["path_A"]), _resolve(root, row["path_B"])
+    chosen, rejected = (a, b) if vote > 0 else (b, a)
+    return PreferencePair(n, row["prompt"], chosen, rejected)
+
+
+def read_rewarded_videos(source: str | Path, videos_root: str | Path | None = None,
+                         weights: dict[str, float] | None = None,
+                         need_rewards: bool = True) -> tuple[list[RewardedVideo], list[str]]:
+    """Videos with rewards, from a pair file (both sides, `chosen` marks the preferred one) or score's JSONL
+    (every video; reward = the weighted normalised scores). need_rewards=False accepts a label-only pair CSV
+    (uniform weighting)."""
+    path = Path(source)
+    kind, rows = _lines(path)
+    first = next((r for _, r in rows if isinstance(r, dict) and "error" not in r), {})
+    if kind == "csv" or "chosen" in first:
+        pairs, problems = read_preference_pairs(path, videos_root, weights)
+        if need_rewards and pairs and pairs[0].reward_chosen is None:
+            raise DataError(f"{path}: has labels but no scores; run videoalign relabel on it first, or use "
+                            "weighting uniform")
+        videos = []
+        for p in pairs:
+            videos.append(RewardedVideo(p.line, p.prompt, p.chosen, p.reward_chosen, True))
+            videos.append(RewardedVideo(p.line, p.prompt, p.rejected, p.reward_rejected, False))
+        return videos, problems
+    root = Path(videos_root) if videos_root else path.parent
+    w = weights or {d: 1.0 for d in DIMS}
+    videos, problems = [], []
+    for n, row in rows:
+        where = f"{path} line {n}"
+        if isinstance(row, Exception) or not isinstance(row, dict):
+            problems.append(f"{where}: not a JSON object")
+            continue
+        if "error" in row:
+            problems.append(f"{where}: {row.get('video')} has no score ({row['error']})")
+            continue
+        try:
+            video = _resolve(root, row.get("path") or row["video"])
+            reward = weighted_reward(row, w)
+            prompt = row["prompt"]
+        except (KeyError, TypeError) as exc:
+            problems.append(f"{where}: missing field {exc}; score records need video, prompt and "
+                            f"{', '.join(w)}")
+            continue
+        if not video.is_file():
+            problems.append(f"{where}: missing video {video}; fix the path or drop the line")
+            continue
+        videos.append(RewardedVideo(n, prompt, video, float(reward)))
+    return videos, problems

@@ -1,0 +1,158 @@
+"""Latent cache: every training video encoded once to normalised VAE latents, every prompt once to text states.
+
+    <cache_dir>/<spec key>/spec.json                  what the entries were made with (model, frames, size, fps)
+                           videos/<key>.safetensors    "latents" (C, F', H', W') float32
+                           prompts/<key>.safetensors   "text" (n, D) float32, the n real tokens
+                           errors/rank<r>.jsonl        {"video", "error"} of clips that could not be encoded
+
+The spec key is a hash of the spec, so a recipe with another size or frame count gets its own entries and a
+re-run with the same spec reuses them. A video's key hashes its absolute path, size and mtime, so a changed file
+is encoded again. Entries are written to a temp file and renamed (a kill leaves no half entry), and each process
+encodes every world-th missing item, so the cache is sharded across processes and resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Resize = Literal["crop", "stretch"]
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    model: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float | None
+    resize: Resize
+    text_max_length: int
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fit_frames(frames: torch.Tensor, height: int, width: int, mode: Resize = "crop") -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> uint8 (F, height, width, 3). crop: scale to cover, then centre-crop (keeps the
+    aspect ratio); stretch: resize to exactly height x width. Bilinear with antialiasing."""
+    import torch.nn.functional as F
+
+    x = frames.permute(0, 3, 1, 2).float()  # (F, 3, H, W)
+    h, w = x.shape[-2:]
+    if mode == "crop":
+        scale = max(height / h, width / w)
+        size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    else:
+        size = (height, width)
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    x = x[..., top:top + height, left:left + width]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:24]
+
+
+class LatentCache:
+    def __init__(self, cache_dir: str | Path, spec: CacheSpec):
+        self.spec = spec
+        self.root = Path(cache_dir) / spec.key
+
+    def video_file(self, path: Path) -> Path:
+        path = Path(path).resolve()
+        st = path.stat()
+        return self.root / "videos" / f"{_hash(f'{path}|{st.st_size}|{st.st_mtime_ns}')}.safetensors"
+
+    def prompt_file(self, prompt: str) -> Path:
+        return self.root / "prompts" / f"{_hash(prompt)}.safetensors"
+
+    def has_video(self, path: Path) -> bool:
+        return self.video_file(path).is_file()
+
+    def has_prompt(self, prompt: str) -> bool:
+        return self.prompt_file(prompt).is_file()
+
+    def load_video(self, path: Path) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.video_file(path)))["latents"]
+
+    def load_prompt(self, prompt: str) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.prompt_file(prompt)))["text"]
+
+    def errors(self) -> dict[str, str]:
+        """{absolute video path: error} recorded by any process."""
+        from videoalign.data import read_jsonl
+
+        out = {}
+        for part in sorted((self.root / "errors").glob("rank*.jsonl")):
+            for record in read_jsonl(part):
+                out[record["video"]] = record["error"]
+        return out
+
+    def _write(self, file: Path, key: str, tensor: torch.Tensor, meta: dict) -> None:
+        from safetensors.torch import save_file
+
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        save_file({key: tensor.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        os.replace(tmp, file)
+
+    def build(self, gen, videos: list[Path], prompts: list[str], rank: int = 0, world: int = 1,
+              num_workers: int = 2, bar=None) -> tuple[int, int]:
+        """Encode this process's share (every world-th) of the missing videos and prompts. Returns (encoded,
+        failed); failures are appended to errors/rank<r>.jsonl and the item is retried on the next run.
+        `bar.advance(n)` reports progress (one unit per item)."""
+        from videoalign.data import append_jsonl, prefetch
+        from videoalign.video import read_clip
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        spec_file = self.root / "spec.json"
+        if rank == 0 and not spec_file.is_file():
+            from videoalign.data import write_atomic
+
+            write_atomic(spec_file, json.dumps(asdict(self.spec), indent=2))
+        todo_prompts = [p for p in sorted(set(prompts)) if not self.has_prompt(p)][rank::world]
+        for start in range(0, len(todo_prompts), 8):
+            chunk = todo_prompts[start:start + 8]
+            for prompt, text in zip(chunk, gen.encode_prompts(chunk)):
+                self._write(self.prompt_file(prompt), "text", text, {"prompt": prompt[:200]})
+            if bar is not None:
+                bar.advance(len(chunk))
+        unique = sorted({str(Path(v).resolve()) for v in videos})
+        todo = [Path(v) for v in unique if not self.has_video(Path(v))][rank::world]
+        spec = self.spec
+
+        def frames(path: Path) -> torch.Tensor:
+            clip = read_clip(path, spec.num_frames, spec.fps)
+            return fit_frames(clip, spec.height, spec.width, spec.resize)
+
+        encoded = failed = 0
+        for path, clip in prefetch(frames, todo, num_workers, ahead=2):
+            if isinstance(clip, Exception):
+                append_jsonl(self.root / "errors" / f"rank{rank}.jsonl", [{"video": str(path), "error": str(clip)}])
+                failed += 1
+            else:
+                self._write(self.video_file(path), "latents", gen.encode_video(clip), {"video": str(path)})
+                encoded += 1
+            if bar is not None:
+                bar.advance(1)
+        return encoded, failed
+
+    def todo_count(self, videos: list[Path], prompts: list[str]) -> int:
+        """Missing entries (all processes together)."""
+        unique = {str(Path(v).resolve()) for v in videos}
+        return (sum(not self.has_video(Path(v)) for v in unique)
+                + sum(not self.has_prompt(p) for p in set(prompts)))
