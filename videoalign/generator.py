@@ -277,6 +277,20 @@ def save_lora(transformer, out_dir: Path, state: dict[str, torch.Tensor] | None 
     return out_dir / "pytorch_lora_weights.safetensors"
 
 
+def load_lora(gen: Generator, path: str | Path, fuse: bool = False) -> Generator:
+    """Load an exported LoRA (a folder or .safetensors file) into gen's transformer the way users do, through
+    WanPipeline.load_lora_weights; fuse=True merges it into the weights."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    pipe = WanPipeline(tokenizer=gen.tokenizer, text_encoder=gen.text_encoder, vae=gen.vae,
+                       transformer=gen.transformer, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.load_lora_weights(str(path))
+    if fuse:
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    return gen
+
+
 # -- building and loading -----------------------------------------------------------------------------------
 
 def tiny_text_tokenizer():
@@ -333,11 +347,23 @@ def load_generator(model: str = DEFAULT_MODEL, dtype: str = "bfloat16", device: 
         parts = _load_parts(model, torch_dtype)
     tokenizer = parts["tokenizer"]
     max_length = min(family.text_max_length, int(getattr(tokenizer, "model_max_length", family.text_max_length)))
-    gen = Generator(family, parts["transformer"].to(torch_dtype), parts["vae"].to(torch.float32),
-                    parts["text_encoder"].to(torch_dtype), tokenizer, torch_dtype, max_length)
+    gen = Generator(family, _cast(parts["transformer"], torch_dtype), _cast(parts["vae"], torch.float32),
+                    _cast(parts["text_encoder"], torch_dtype), tokenizer, torch_dtype, max_length)
     for module in (gen.transformer, gen.vae, gen.text_encoder):
         module.requires_grad_(False).eval()
     return gen.to(device)
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to dtype but keep the model's `_keep_in_fp32_modules` (Wan: rope, time embedder, norms) in float32, as
+    from_pretrained(torch_dtype=...) does; a no-op when already there."""
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or [])
+    torch.nn.Module.to(module, dtype)
+    if dtype != torch.float32 and keep:
+        for name, sub in module.named_modules():
+            if keep & set(name.split(".")):
+                torch.nn.Module.to(sub, torch.float32)
+    return module
 
 
 def _load_parts(model: str, torch_dtype) -> dict:

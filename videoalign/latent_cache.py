@@ -59,6 +59,13 @@ def fit_frames(frames: torch.Tensor, height: int, width: int, mode: Resize = "cr
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def load_frames(path: Path, spec: CacheSpec) -> torch.Tensor:
+    """uint8 (F, H, W, 3): the spec's frames of a clip, at the spec's size."""
+    from videoalign.video import read_clip
+
+    return fit_frames(read_clip(path, spec.num_frames, spec.fps), spec.height, spec.width, spec.resize)
+
+
 def _hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:24]
 
@@ -102,6 +109,14 @@ class LatentCache:
                 out[record["video"]] = record["error"]
         return out
 
+    def put_video(self, path: Path, latents: torch.Tensor) -> None:
+        """Store the normalised latents (C, F', H', W') of `path` (build() does this; tests and tools may too)."""
+        self._write(self.video_file(path), "latents", latents.float(), {"video": str(Path(path).resolve())})
+
+    def put_prompt(self, prompt: str, text: torch.Tensor) -> None:
+        """Store a prompt's text states (n, D) at its n real tokens."""
+        self._write(self.prompt_file(prompt), "text", text.float(), {"prompt": prompt[:200]})
+
     def _write(self, file: Path, key: str, tensor: torch.Tensor, meta: dict) -> None:
         from safetensors.torch import save_file
 
@@ -116,36 +131,32 @@ class LatentCache:
         failed); failures are appended to errors/rank<r>.jsonl and the item is retried on the next run.
         `bar.advance(n)` reports progress (one unit per item)."""
         from videoalign.data import append_jsonl, prefetch
-        from videoalign.video import read_clip
-
         self.root.mkdir(parents=True, exist_ok=True)
         spec_file = self.root / "spec.json"
         if rank == 0 and not spec_file.is_file():
             from videoalign.data import write_atomic
 
             write_atomic(spec_file, json.dumps(asdict(self.spec), indent=2))
-        todo_prompts = [p for p in sorted(set(prompts)) if not self.has_prompt(p)][rank::world]
+        # shard the full sorted lists, then drop what exists: every rank agrees on the shards whatever the others
+        # have written meanwhile
+        todo_prompts = [p for p in sorted(set(prompts))[rank::world] if not self.has_prompt(p)]
         for start in range(0, len(todo_prompts), 8):
             chunk = todo_prompts[start:start + 8]
             for prompt, text in zip(chunk, gen.encode_prompts(chunk)):
-                self._write(self.prompt_file(prompt), "text", text, {"prompt": prompt[:200]})
+                self.put_prompt(prompt, text)
             if bar is not None:
                 bar.advance(len(chunk))
         unique = sorted({str(Path(v).resolve()) for v in videos})
-        todo = [Path(v) for v in unique if not self.has_video(Path(v))][rank::world]
+        todo = [Path(v) for v in unique[rank::world] if not self.has_video(Path(v))]
         spec = self.spec
 
-        def frames(path: Path) -> torch.Tensor:
-            clip = read_clip(path, spec.num_frames, spec.fps)
-            return fit_frames(clip, spec.height, spec.width, spec.resize)
-
         encoded = failed = 0
-        for path, clip in prefetch(frames, todo, num_workers, ahead=2):
+        for path, clip in prefetch(lambda path: load_frames(path, spec), todo, num_workers, ahead=2):
             if isinstance(clip, Exception):
                 append_jsonl(self.root / "errors" / f"rank{rank}.jsonl", [{"video": str(path), "error": str(clip)}])
                 failed += 1
             else:
-                self._write(self.video_file(path), "latents", gen.encode_video(clip), {"video": str(path)})
+                self.put_video(path, gen.encode_video(clip))
                 encoded += 1
             if bar is not None:
                 bar.advance(1)
@@ -156,3 +167,21 @@ class LatentCache:
         unique = {str(Path(v).resolve()) for v in videos}
         return (sum(not self.has_video(Path(v)) for v in unique)
                 + sum(not self.has_prompt(p) for p in set(prompts)))
+
+
+class OnTheFlyLatents:
+    """The LatentCache interface without a cache: every load decodes and encodes again. For checking that the
+    cache changes nothing (training on either gives the same numbers) and for one-off runs; a clip that cannot
+    be read raises when it is first needed."""
+
+    def __init__(self, gen, spec: CacheSpec):
+        self.gen, self.spec = gen, spec
+
+    def has_video(self, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def load_video(self, path: Path) -> torch.Tensor:
+        return self.gen.encode_video(load_frames(Path(path), self.spec))
+
+    def load_prompt(self, prompt: str) -> torch.Tensor:
+        return self.gen.encode_prompts([prompt])[0]

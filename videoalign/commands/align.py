@@ -43,6 +43,8 @@ class AlignConfig:
     output_dir: str = "runs/align"
     #: latent cache folder (default: <output_dir>/cache); share one between runs to encode once
     cache_dir: str | None = None
+    #: false = encode every clip and prompt on the fly at every step (no cache; for checks and one-off runs)
+    latent_cache: bool = True
     #: diffusers text-to-video model: hub id, folder or tiny-random
     model: str = DEFAULT_MODEL
     #: transformer and text-encoder dtype (the VAE stays float32); float16 is refused for Wan
@@ -186,10 +188,12 @@ def trainable_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def prepare_cache(cfg: AlignConfig, gen, videos: list[Path], prompts: list[str], accelerator, console):
     """Encode what is missing (sharded over processes), then return the cache and {video: error} of failures."""
-    from videoalign.latent_cache import CacheSpec, LatentCache
+    from videoalign.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents
     from videoalign.log import progress
 
     spec = CacheSpec(cfg.model, cfg.num_frames, cfg.height, cfg.width, cfg.fps, cfg.resize, gen.text_max_length)
+    if not cfg.latent_cache:
+        return OnTheFlyLatents(gen, spec), {}
     cache = LatentCache(cfg.cache_dir or Path(cfg.output_dir) / "cache", spec)
     todo = cache.todo_count(videos, prompts)
     main = accelerator.is_main_process
@@ -293,7 +297,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     cache, errors = prepare_cache(cfg, gen, videos, [objective.prompt(i) for i in items], accelerator, console)
     usable = [i for i in items if all(cache.has_video(v) for v in objective.videos(i))]
     for item in items:
-        bad = [f"{v}: {errors.get(str(Path(v).resolve()), 'not encoded')}" for v in objective.videos(item)
+        bad = [errors.get(str(Path(v).resolve()), f"{v}: not encoded") for v in objective.videos(item)
                if not cache.has_video(v)]
         if bad:
             problems.append(f"{cfg.data} line {item.line}: {bad[0]}")

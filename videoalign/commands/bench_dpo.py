@@ -1,0 +1,370 @@
+"""`videoalign bench speed dpo`: one Flow-DPO training step, ours against the paper pseudo-code's, in one process.
+
+ours:  the real code path, `commands.dpo.dpo_step`: one LoRA transformer; the reference is the same transformer with
+       its adapter disabled under no_grad (REFERENCE.md 10.5); chosen and rejected go through one concatenated
+       forward (2 forwards per step: reference, policy); backward; AdamW step.
+naive: the straightforward version of the paper's pseudo-code: a deepcopy of the base transformer as the frozen
+       reference (requires_grad False) and a LoRA policy; four separate forwards (policy chosen, policy rejected,
+       then reference chosen and rejected under no_grad); the same loss (flow.per_sample_mse, losses.flow_dpo_loss);
+       backward; AdamW step.
+Both get the same template weights, LoRA init, latents, text, t and noise, so they compute the same loss
+(tests/commands/test_bench.py checks it to 1e-5). Latents (B, 16, (F-1)/4+1, H/8, W/8) and text (B, L, text_dim)
+are random tensors of the right shapes: no VAE or text encoder runs.
+
+Time: the median over `steps` timed steps, after one warm-up step. Memory, per variant, from just before its
+models are built (deepcopy of the template, the naive reference copy, LoRA, float32 LoRA masters) to the end of
+its steps; the template and the shared inputs, allocated earlier, are not counted on either side:
+- CUDA: torch.cuda.max_memory_allocated() minus memory_allocated() before the build.
+- CPU: torch.profiler with profile_memory=True records every allocation and free of the CPU allocator; the peak
+  of their running sum over the build, the warm-up step and one more step (the one-off optimiser-state
+  allocation happens in the warm-up). Timing runs after, outside the profiler. Allocations made by intra-op
+  worker threads are not recorded (kernel workspaces; the tensors themselves are allocated on the main thread).
+
+`--model wan2.1-1.3b-random` builds the real Wan2.1-T2V-1.3B transformer architecture from its config with random
+weights (a GPU job: recipes/bench/speed_dpo.yaml).
+
+1 process: videoalign bench speed dpo --model tiny-random --output bench_dpo.json
+1 GPU:     videoalign bench speed dpo --recipe recipes/bench/speed_dpo.yaml --output bench_dpo.json
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+TINY_RANDOM = "tiny-random"
+WAN_1_3B_RANDOM = "wan2.1-1.3b-random"
+#: WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers (REFERENCE.md 10.2)
+WAN_1_3B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                       out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                       qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+#: (num_frames, height, width, lora_rank) when not set. tiny: the debug dpo recipe's clip size; rank 2 keeps the
+#: adapter at ~5% of the tiny transformer, near rank 64's ~3% of the 1.3B one.
+MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 2), WAN_1_3B_RANDOM: (33, 480, 832, 64)}
+TARGETS = {"time_ratio": 0.9, "memory_ratio": 0.6}
+
+
+@dataclass
+class SpeedDpoConfig:
+    #: JSON file for the figures (printed as well)
+    output: str | None = None
+    #: tiny-random, or wan2.1-1.3b-random: the Wan2.1-T2V-1.3B transformer built from its config, random weights
+    model: Literal["tiny-random", "wan2.1-1.3b-random"] = TINY_RANDOM
+    #: frames per clip, 4k+1 (null: 9 on tiny-random, 33 on wan2.1-1.3b-random)
+    num_frames: int | None = None
+    #: clip size, multiples of 16 (null: 32x32 on tiny-random, 480x832 on wan2.1-1.3b-random)
+    height: int | None = None
+    width: int | None = None
+    #: pairs per step
+    batch_size: int = 1
+    #: timed steps per variant, after one warm-up step
+    steps: int = 10
+    #: transformer dtype; auto = bfloat16 on CUDA, float32 on CPU (float16 is refused for Wan)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    #: device: auto, cpu, cuda or cuda:N
+    device: str = "auto"
+    #: recompute activations in backward (both variants)
+    gradient_checkpointing: bool = False
+    #: LoRA rank on q/k/v/o of self- and cross-attention, alpha = 2 x rank (null: 2 on tiny-random, 64 on Wan)
+    lora_rank: int | None = None
+    #: DPO beta (the loss value only; it does not change the work)
+    beta: float = 5000.0
+    learning_rate: float = 5e-6
+    #: seeds the weights, the LoRA init and the inputs
+    seed: int = 0
+
+    def __post_init__(self):
+        from videoalign.generator import WAN
+
+        frames, height, width, rank = MODEL_DEFAULTS[self.model]
+        self.num_frames = frames if self.num_frames is None else self.num_frames
+        self.height = height if self.height is None else self.height
+        self.width = width if self.width is None else self.width
+        self.lora_rank = rank if self.lora_rank is None else self.lora_rank
+        if problem := WAN.check_frames(self.num_frames):
+            raise ValueError(f"num_frames: {problem}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value < WAN.spatial_multiple or value % WAN.spatial_multiple:
+                raise ValueError(f"{name}: Wan needs a multiple of {WAN.spatial_multiple}, got {value}")
+        for name in ("batch_size", "steps", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# -- inputs and models ----------------------------------------------------------------------------------------
+
+@dataclass
+class DpoInputs:
+    """One micro-batch of random pairs, as the latent cache and the training loop would hand them over."""
+
+    chosen: object  # (B, C, F', H', W') float32 normalised latents
+    rejected: object  # (B, C, F', H', W')
+    text: object  # (B, L, D) float32 text-encoder states
+    t: object  # (B,) in [0, 1], shared by both videos of a pair
+    noise: object  # (B, C, F', H', W'), shared by both videos of a pair
+
+
+class InputCache:
+    """The two LatentCache methods `dpo_step` calls, served from DpoInputs (keys: the pairs' chosen/rejected
+    paths and prompts, see `as_pairs`)."""
+
+    def __init__(self, inputs: DpoInputs):
+        self.inputs = inputs
+
+    def load_video(self, path: Path):
+        side, index = Path(path).parts
+        return getattr(self.inputs, side)[int(index)]
+
+    def load_prompt(self, prompt: str):
+        return self.inputs.text[int(prompt)]
+
+
+def as_pairs(inputs: DpoInputs) -> list:
+    from videoalign.align_data import PreferencePair
+
+    return [PreferencePair(line=i + 1, prompt=str(i), chosen=Path("chosen", str(i)), rejected=Path("rejected", str(i)))
+            for i in range(inputs.t.shape[0])]
+
+
+def make_inputs(cfg: SpeedDpoConfig, gen, device) -> DpoInputs:
+    """Seeded random latents, text, t (logit-normal, shifted, as training draws it) and noise."""
+    import torch
+
+    from videoalign.flow import sample_timesteps
+
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    shape = (cfg.batch_size, *gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width))
+    text_shape = (cfg.batch_size, gen.text_max_length, gen.transformer.config.text_dim)
+    tensors = dict(chosen=torch.randn(shape, generator=g), rejected=torch.randn(shape, generator=g),
+                   text=torch.randn(text_shape, generator=g),
+                   t=sample_timesteps(cfg.batch_size, gen.family.default_shift, generator=g),
+                   noise=torch.randn(shape, generator=g))
+    return DpoInputs(**{k: v.to(device) for k, v in tensors.items()})
+
+
+def resolve_device_dtype(cfg: SpeedDpoConfig):
+    import torch
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    return device, dtype
+
+
+def build_template(cfg: SpeedDpoConfig, dtype: str):
+    """A Generator holding only the base transformer, on the CPU (the variants copy it to the device)."""
+    import torch
+
+    from videoalign.generator import DTYPES, WAN, Generator, _cast, load_generator
+
+    if cfg.model == TINY_RANDOM:
+        gen = load_generator(TINY_RANDOM, dtype, "cpu", seed=cfg.seed)
+        return dataclasses.replace(gen, vae=None, text_encoder=None, tokenizer=None)
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(cfg.seed)
+    transformer = _cast(WanTransformer3DModel(**WAN_1_3B_CONFIG), DTYPES[dtype]).requires_grad_(False).eval()
+    return Generator(WAN, transformer, None, None, None, DTYPES[dtype], WAN.text_max_length)
+
+
+@dataclass
+class Variant:
+    name: str
+    gen: object  # a Generator whose transformer is this variant's LoRA policy
+    reference: object  # naive: the frozen full copy; ours: None (adapter disabled)
+    optimizer: object
+
+
+def build_variant(name: Literal["ours", "naive"], template, cfg: SpeedDpoConfig, device) -> Variant:
+    """Copy the template to `device`; naive also keeps a frozen deepcopy of the base as its reference. Then LoRA
+    (same seed, so the same init on both sides) with float32 masters and AdamW, as commands/align.py does."""
+    import torch
+
+    from videoalign.generator import WAN_LORA_TARGETS, add_lora
+
+    transformer = copy.deepcopy(template.transformer).to(device)
+    reference = copy.deepcopy(transformer).requires_grad_(False).eval() if name == "naive" else None
+    torch.manual_seed(cfg.seed)
+    add_lora(transformer, cfg.lora_rank, 2.0 * cfg.lora_rank, WAN_LORA_TARGETS)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    return Variant(name, dataclasses.replace(template, transformer=transformer), reference, optimizer)
+
+
+# -- the two losses -------------------------------------------------------------------------------------------
+
+def ours_loss(variant: Variant, inputs: DpoInputs, cfg: SpeedDpoConfig):
+    """commands.dpo.dpo_step as training calls it: (scalar loss, stats)."""
+    from videoalign.commands.align import Parts
+    from videoalign.commands.dpo import DpoConfig, dpo_step
+    from videoalign.generator import DEFAULT_MODEL
+
+    dpo_cfg = DpoConfig(data="(bench: random latents)", model=TINY_RANDOM if cfg.model == TINY_RANDOM else
+                        DEFAULT_MODEL, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, beta=cfg.beta)
+    transformer = variant.gen.transformer
+    parts = Parts(variant.gen, transformer, transformer, None)
+    return dpo_step(dpo_cfg, parts, InputCache(inputs), as_pairs(inputs), inputs.t, inputs.noise)
+
+
+def naive_loss(variant: Variant, inputs: DpoInputs, cfg: SpeedDpoConfig):
+    """The paper's pseudo-code: four separate forwards, the reference a frozen copy. (scalar loss, stats)."""
+    import torch
+
+    from videoalign.flow import add_noise, per_sample_mse, velocity_target
+    from videoalign.losses import dpo_beta, flow_dpo_loss
+
+    gen, policy, reference = variant.gen, variant.gen.transformer, variant.reference
+    x0_w, x0_l, text, t, noise = inputs.chosen, inputs.rejected, inputs.text, inputs.t, inputs.noise
+    x_t_w, x_t_l = add_noise(x0_w, noise, t), add_noise(x0_l, noise, t)
+    v_w, v_l = velocity_target(x0_w, noise), velocity_target(x0_l, noise)
+    policy_w = per_sample_mse(gen.velocity(x_t_w, t, text, transformer=policy), v_w)
+    policy_l = per_sample_mse(gen.velocity(x_t_l, t, text, transformer=policy), v_l)
+    with torch.no_grad():
+        ref_w = per_sample_mse(gen.velocity(x_t_w, t, text, transformer=reference), v_w)
+        ref_l = per_sample_mse(gen.velocity(x_t_l, t, text, transformer=reference), v_l)
+    loss, stats = flow_dpo_loss(policy_w, policy_l, ref_w, ref_l, dpo_beta(cfg.beta, t).to(t.device))
+    return loss.mean(), stats
+
+
+LOSSES = {"ours": ours_loss, "naive": naive_loss}
+FORWARDS_PER_STEP = {"ours": 2, "naive": 4}
+
+
+def train_step(variant: Variant, inputs: DpoInputs, cfg: SpeedDpoConfig) -> float:
+    """Loss, backward, AdamW step; returns the loss."""
+    loss, _ = LOSSES[variant.name](variant, inputs, cfg)
+    loss.backward()
+    variant.optimizer.step()
+    variant.optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+# -- measuring ------------------------------------------------------------------------------------------------
+
+def _cpu_allocator_peak(fn):
+    """(fn(), peak bytes of the running sum of CPU allocations minus frees made while fn ran)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    if not events:
+        raise RuntimeError("torch.profiler recorded no CPU memory events; cannot measure peak CPU memory")
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return result, peak
+
+
+def measure(name: Literal["ours", "naive"], template, inputs: DpoInputs, cfg: SpeedDpoConfig, device) -> dict:
+    """Build one variant, warm it up, time `cfg.steps` steps; its peak memory (module docstring); then free it."""
+    import torch
+
+    from videoalign.commands.bench import _sync
+
+    gc.collect()
+    losses: list[float] = []
+
+    def build_and_warm_up(extra_steps: int) -> Variant:
+        variant = build_variant(name, template, cfg, device)
+        for _ in range(1 + extra_steps):
+            losses.append(train_step(variant, inputs, cfg))
+        return variant
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        variant = build_and_warm_up(0)
+    else:
+        variant, peak = _cpu_allocator_peak(lambda: build_and_warm_up(1))
+    times = []
+    for _ in range(cfg.steps):
+        _sync(device)
+        start = time.perf_counter()
+        losses.append(train_step(variant, inputs, cfg))
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    models = [variant.gen.transformer] + ([variant.reference] if variant.reference is not None else [])
+    weights = {id(t.untyped_storage()): t.untyped_storage().nbytes()
+               for m in models for t in [*m.parameters(), *m.buffers()]}
+    figures = {"step_s": round(statistics.median(times), 5), "step_s_min": round(min(times), 5),
+               "peak_mb": round(peak / 2**20, 3), "weights_mb": round(sum(weights.values()) / 2**20, 3),
+               "forwards_per_step": FORWARDS_PER_STEP[name], "first_loss": round(losses[0], 6),
+               "trainable_params": sum(p.numel() for p in variant.gen.transformer.parameters() if p.requires_grad)}
+    del variant, models
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return figures
+
+
+def run_speed_dpo(cfg: SpeedDpoConfig) -> int:
+    import torch
+
+    from videoalign.commands.bench import report
+
+    device, dtype = resolve_device_dtype(cfg)
+    template = build_template(cfg, dtype)
+    inputs = make_inputs(cfg, template, device)
+    ours = measure("ours", template, inputs, cfg, device)
+    naive = measure("naive", template, inputs, cfg, device)
+    naive.pop("trainable_params")
+    time_ratio = ours["step_s"] / naive["step_s"]
+    memory_ratio = ours["peak_mb"] / naive["peak_mb"]
+    figures = {
+        "benchmark": "speed/dpo",
+        "model": cfg.model,
+        "num_frames": cfg.num_frames,
+        "height": cfg.height,
+        "width": cfg.width,
+        "latent_shape": list(inputs.chosen.shape),
+        "text_shape": list(inputs.text.shape),
+        "batch_size": cfg.batch_size,
+        "steps_timed": cfg.steps,
+        "dtype": dtype,
+        "device": str(device),
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "lora_rank": cfg.lora_rank,
+        "base_params": sum(p.numel() for p in template.transformer.parameters()),
+        "lora_params": ours.pop("trainable_params"),
+        "ours": ours,
+        "naive": naive,
+        "time_ratio": round(time_ratio, 4),
+        "memory_ratio": round(memory_ratio, 4),
+        "targets": dict(TARGETS),
+        "meets": {"time_ratio": time_ratio <= TARGETS["time_ratio"],
+                  "memory_ratio": memory_ratio <= TARGETS["memory_ratio"]},
+        "meets_targets": time_ratio <= TARGETS["time_ratio"] and memory_ratio <= TARGETS["memory_ratio"],
+        "memory_method": (
+            "cuda: torch.cuda.max_memory_allocated() minus memory_allocated() before the variant's models are built, "
+            "over build, warm-up and timed steps" if device.type == "cuda" else
+            "cpu: torch.profiler(profile_memory=True) allocator events, peak of the running sum of bytes allocated "
+            "minus freed from just before the variant's models are built through its warm-up and one more step"),
+        "memory_counts": "the variant's weights (naive: + the frozen reference copy), LoRA and its float32 masters, "
+                         "grads, AdamW state and activations; not the template or the shared inputs",
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    report(figures, cfg.output)
+    return 0
