@@ -102,3 +102,28 @@ def cli() -> SimpleNamespace:
     return SimpleNamespace(invoke=invoke, read_jsonl=read_jsonl, write_csv=write_csv, link_videos=link_videos,
                            error_lines=error_lines, env=cli_env, python_cli=python_cli, make_clip=make_clip,
                            repo=REPO, prompts=PROMPTS)
+
+
+ALIGN_PROMPTS = ["a red ball rolling on grass", "a cat walking in the snow", "waves on a beach", "a city at night"]
+
+
+def write_pair_file(root: Path, n: int = 8, seed: int = 0) -> Path:
+    """`root/pairs.jsonl` in relabel's format over n pairs of 9-frame 32x32 clips (chosen brighter), with scores."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        texture = rng.integers(0, 60, size=(9, 32, 32, 3))
+        for side, level in (("chosen", 170), ("rejected", 40)):
+            write_video(root / "videos" / f"p{i}_{side}.mp4", (texture + level).astype(np.uint8), fps=8)
+        scores = {"chosen": {"VQ": 1.0, "MQ": 0.5, "TA": 0.5 + 0.1 * i}, "rejected": {"VQ": -0.5, "MQ": 0.0, "TA": 0.1}}
+        lines.append({"prompt": ALIGN_PROMPTS[i % 4], "group": f"g{i}", "chosen": f"videos/p{i}_chosen.mp4",
+                      "rejected": f"videos/p{i}_rejected.mp4", "scores": scores})
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_file(tmp_path_factory) -> Path:
+    """Eight toy pairs (relabel's pairs JSONL, relative paths) for dpo and rwr."""
+    return write_pair_file(tmp_path_factory.mktemp("align_pairs"))

@@ -291,7 +291,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
         write_atomic(out / "resolved_recipe.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     # 1. Model and latent cache; pairs whose videos could not be encoded are skipped and counted.
-    gen = load_generator(cfg.model, cfg.dtype, accelerator.device, seed=cfg.seed)
+    gen = load_generator(cfg.model, cfg.dtype, accelerator.device)  # tiny-random: always the same seed-0 model
     items = objective.items
     videos = [v for item in items for v in objective.videos(item)]
     cache, errors = prepare_cache(cfg, gen, videos, [objective.prompt(i) for i in items], accelerator, console)
