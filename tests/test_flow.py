@@ -5,6 +5,8 @@ shift_time(t, s) = s t / (1 + (s - 1) t); t = 1 is pure noise.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
@@ -19,7 +21,6 @@ from videoalign.flow import (
     shift_time,
     velocity_target,
 )
-
 
 # -- shift --------------------------------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ def test_sample_timesteps_uniform_mode():
     its mean is 1 - 0.4995 = 0.5005 in expectation (0.01 tolerance at n = 20000)."""
     got = sample_timesteps(20000, shift=1.0, mode="uniform", generator=torch.Generator().manual_seed(2))
     u = torch.rand(20000, generator=torch.Generator().manual_seed(2))
-    want = 1 - torch.floor(u.double() * 1000) / 1000
+    want = 1 - (u * 1000).long().double() / 1000  # floor(1000 u) taken in float32, as the library does
     torch.testing.assert_close(got, want.float(), atol=1e-7, rtol=0)
     assert got.mean().item() == pytest.approx(0.5005, abs=0.01)
     assert torch.allclose(got * 1000, (got * 1000).round(), atol=1e-3)  # on the 1/1000 grid
@@ -167,7 +168,7 @@ def test_sampling_times_vs_diffusers_schedulers(steps, shift):
 
     - Wan's shipped UniPCMultistepScheduler(use_flow_sigmas, flow_shift=s): shift(linspace(1, 1/1000, N + 1)[:-1])
       followed by 0. Ours is shift(linspace(1, 0, N + 1)): the same grid except that it spans [0, 1] instead of
-      [1/1000, 1], so the two agree within 1e-3 (for N = 4, s = 3: 0.9001 vs 0.9, 0.7504 vs 0.75, 0.5010 vs 0.5).
+      [1/1000, 1], so the two agree within s/1000 (the shift's slope is at most s; for N = 4, s = 3: 0.9001 vs 0.9, 0.7504 vs 0.75, 0.5010 vs 0.5).
     - FlowMatchEulerDiscreteScheduler(shift=s) spaces N points from 1 to its sigma_min, which is the already
       shifted last table entry shift(1/1000), and then shifts them again: shift(linspace(1, shift(1/1000), N))
       followed by 0. Its last step therefore jumps from shift(shift(0.001)) = 0.0089 (s = 3) straight to 0 and
@@ -181,8 +182,9 @@ def test_sampling_times_vs_diffusers_schedulers(steps, shift):
     assert unipc.sigmas.shape == (steps + 1,) and unipc.sigmas[-1] == 0
     want_unipc = torch.cat([shift_time(torch.linspace(1, 1 / 1000, steps + 1, dtype=torch.float64)[:-1], shift),
                             torch.zeros(1, dtype=torch.float64)])
-    torch.testing.assert_close(unipc.sigmas.double(), want_unipc, atol=1e-6, rtol=0)
-    torch.testing.assert_close(unipc.sigmas.double(), ours, atol=1.1e-3, rtol=0)
+    torch.testing.assert_close(unipc.sigmas.double(), want_unipc, atol=2e-6, rtol=0)  # float32 table
+    # the unshifted grids differ by at most 1/1000; the shift's slope is at most s (at t = 0)
+    torch.testing.assert_close(unipc.sigmas.double(), ours, atol=shift * 1e-3, rtol=0)
 
     euler = FlowMatchEulerDiscreteScheduler(shift=shift)
     euler.set_timesteps(steps)
@@ -203,7 +205,7 @@ def test_euler_step_golden_and_exact_on_the_straight_path():
     x0, noise = torch.randn(2, 16, 3, 4, 4, generator=g), torch.randn(2, 16, 3, 4, 4, generator=g)
     times = sampling_times(6, 3.0).tolist()
     x = noise.clone()
-    for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in itertools.pairwise(times):
         x = euler_step(x, velocity_target(x0, noise), t, t_next)
         torch.testing.assert_close(x, add_noise(x0, noise, torch.full((2,), t_next)), atol=1e-5, rtol=0)
     torch.testing.assert_close(x, x0, atol=1e-5, rtol=0)

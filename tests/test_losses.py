@@ -15,9 +15,13 @@ from videoalign.losses import (
     bt_loss,
     btt_loss,
     chosen_rejected,
+    dpo_beta,
+    flow_dpo_loss,
+    flow_rwr_loss,
     labels_from_strings,
     reduce_loss,
     reg_loss,
+    rwr_weights,
 )
 
 LN2, LN6, LN1_5 = 0.693147180560, 1.791759469228, 0.405465108108
@@ -229,3 +233,139 @@ def test_regression_loss():
     torch.testing.assert_close(loss, _t([[[0.25, 0.0], [1.0, 0.0]]]), rtol=0, atol=1e-12)
     assert math.isclose(float(reduce_loss(loss, mask)), 0.3125, abs_tol=1e-12)
     assert math.isclose(float(reduce_loss(loss, mask, "masked_mean")), 1.25 / 3, abs_tol=1e-12)
+
+
+# --- Flow-DPO and Flow-RWR (REFERENCE.md 10.4, 10.6) ---------------------------------------------------------
+# ln(1 + e^-1) = 0.313262, ln(1 + e) = 1.313262, ln 3 = 1.098612.
+
+LN1P_EM1, LN1P_E, LN3 = 0.313261687518, 1.313261687518, 1.098612288668
+
+
+def _dpo(pc, pr, rc, rr, beta):
+    return flow_dpo_loss(_t(pc), _t(pr), _t(rc), _t(rr), beta)
+
+
+def test_flow_dpo_loss_is_ln2_when_policy_equals_reference():
+    """LoRA init (B = 0): policy errors == reference errors -> w_diff = l_diff = 0 -> inside = 0 ->
+    loss = -log sigmoid(0) = ln 2 = 0.693147 for any beta and any error level; implicit_acc = 1[0 > 0] = 0."""
+    err_c, err_r = [0.3, 1.7, 5.0], [0.9, 0.2, 5.0]
+    loss, stats = _dpo(err_c, err_r, err_c, err_r, 500.0)
+    assert loss.shape == (3,)
+    torch.testing.assert_close(loss, _t([LN2] * 3), rtol=0, atol=1e-12)
+    assert stats["inside"].tolist() == [0.0, 0.0, 0.0]
+    assert stats["implicit_acc"].tolist() == [0.0, 0.0, 0.0]
+    assert stats["w_diff"].tolist() == stats["l_diff"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_flow_dpo_loss_golden_beta_2():
+    """beta = 2. Row 0: policy lowers the chosen error and raises the rejected one:
+        w_diff = 0.5 - 1.0 = -0.5,  l_diff = 1.5 - 1.0 = 0.5,  Delta = -1,  inside = -(2/2)(-1) = 1
+        loss = -log sigmoid(1) = ln(1 + e^-1) = 0.313262,  implicit_acc = 1
+    Row 1: the sides swapped -> inside = -1, loss = ln(1 + e) = 1.313262, implicit_acc = 0.
+    (The two differ by exactly 1 = inside: -log sigmoid(-x) + log sigmoid(x) = x.)"""
+    loss, stats = _dpo([0.5, 1.5], [1.5, 0.5], [1.0, 1.0], [1.0, 1.0], 2.0)
+    torch.testing.assert_close(loss, _t([LN1P_EM1, LN1P_E]), rtol=0, atol=1e-9)
+    assert stats["w_diff"].tolist() == [-0.5, 0.5]
+    assert stats["l_diff"].tolist() == [0.5, -0.5]
+    assert stats["inside"].tolist() == [1.0, -1.0]
+    assert stats["reward_margin"].tolist() == [1.0, -1.0]
+    assert stats["implicit_acc"].tolist() == [1.0, 0.0]
+    assert stats["policy_chosen_err"].tolist() == [0.5, 1.5] and stats["ref_rejected_err"].tolist() == [1.0, 1.0]
+
+
+def test_flow_dpo_loss_per_sample_beta_and_reference_offsets():
+    """beta (B,) = (2, 4). Row 0: w_diff = 2.0 - 2.5 = -0.5, l_diff = 3.0 - 2.5 = 0.5 -> inside = -1 * (-1) = 1.
+    Row 1: w_diff = 0.75 - 0.5 = 0.25, l_diff = 0.5 - 0.75 = -0.25, Delta = 0.5 -> inside = -2 * 0.5 = -1.
+    Only the differences to the reference matter, not the error level: losses (0.313262, 1.313262)."""
+    loss, stats = _dpo([2.0, 0.75], [3.0, 0.5], [2.5, 0.5], [2.5, 0.75], _t([2.0, 4.0]))
+    assert stats["inside"].tolist() == [1.0, -1.0]
+    torch.testing.assert_close(loss, _t([LN1P_EM1, LN1P_E]), rtol=0, atol=1e-9)
+
+
+def test_flow_dpo_loss_gradient_and_detached_stats():
+    """d loss / d policy_chosen_err = -sigmoid(-inside) * d inside / d pce = sigmoid(-inside) * beta / 2.
+    At inside = 0, beta = 2: +0.5 for the chosen error and -0.5 for the rejected one (raise the rejected error,
+    lower the chosen). Stats carry no graph."""
+    pc = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    pr = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    loss, stats = flow_dpo_loss(pc, pr, _t([1.0]), _t([1.0]), 2.0)
+    loss.sum().backward()
+    assert pc.grad.tolist() == [0.5] and pr.grad.tolist() == [-0.5]
+    assert all(not v.requires_grad for v in stats.values())
+    assert set(stats) == {"inside", "implicit_acc", "reward_margin", "w_diff", "l_diff", "policy_chosen_err",
+                          "policy_rejected_err", "ref_chosen_err", "ref_rejected_err"}
+
+
+def test_dpo_beta_schedules():
+    """constant: beta everywhere (float32). timestep: beta (1 - t)^2 with beta = 100:
+    t = 0 -> 100, t = 0.5 -> 25, t = 0.9 -> 100 * 0.01 = 1, t = 1 -> 0 (noisy steps unregularised)."""
+    t = torch.tensor([0.0, 0.5, 0.9, 1.0])
+    const = dpo_beta(100.0, t)
+    assert const.dtype == torch.float32 and const.tolist() == [100.0] * 4
+    torch.testing.assert_close(dpo_beta(100.0, t, "timestep"), torch.tensor([100.0, 25.0, 1.0, 0.0]),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="constant or timestep"):
+        dpo_beta(1.0, t, "linear")
+
+
+def test_rwr_weights_exp():
+    """r = (0, ln 3), T = 1: exp -> (1, 3); normalised by the mean 2 -> (0.5, 1.5), mean weight 1.
+    T = 2 with r = (0, 2 ln 3): exp(r / 2) = (1, 3) again."""
+    r = _t([0.0, LN3])
+    torch.testing.assert_close(rwr_weights(r, "exp", normalize=False), torch.tensor([1.0, 3.0]))
+    normed = rwr_weights(r, "exp")
+    assert normed.dtype == torch.float32
+    torch.testing.assert_close(normed, torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(rwr_weights(2 * r, "exp", temperature=2.0, normalize=False),
+                               torch.tensor([1.0, 3.0]))
+
+
+def test_rwr_weights_exp_normalised_does_not_overflow():
+    """r = (1000, 1000 + ln 3): exp(1000) overflows float32, but exp(r - max r) / mean = (1/3, 1) / (2/3) =
+    (0.5, 1.5), the same as for r = (0, ln 3): normalised exp weights ignore a common offset."""
+    got = rwr_weights(_t([1000.0, 1000.0 + LN3]), "exp")
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, torch.tensor([0.5, 1.5]))
+
+
+def test_rwr_weights_raw_and_uniform():
+    """raw: w = r = (1, -3); normalised by mean |w| = (1 + 3) / 2 = 2 -> (0.5, -1.5). All-zero raw weights cannot
+    be normalised (error). uniform: w = 1 whatever the rewards, normalised or not."""
+    r = _t([1.0, -3.0])
+    assert rwr_weights(r, "raw", normalize=False).tolist() == [1.0, -3.0]
+    assert rwr_weights(r, "raw").tolist() == [0.5, -1.5]
+    with pytest.raises(ValueError, match="all reward weights"):
+        rwr_weights(_t([0.0, 0.0]), "raw")
+    assert rwr_weights(_t([5.0, -2.0, 0.1]), "uniform").tolist() == [1.0, 1.0, 1.0]
+    assert rwr_weights(_t([5.0, -2.0]), "uniform", normalize=False).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="exp, raw or uniform"):
+        rwr_weights(r, "softmax")
+    with pytest.raises(ValueError, match="temperature"):
+        rwr_weights(r, "exp", temperature=0.0)
+
+
+@pytest.mark.parametrize("weighting", ["exp", "raw"])
+def test_rwr_weights_normalise_over_the_global_batch(weighting):
+    """Two processes holding r = (0,) and (ln 3,) with batch_rewards = the gathered (0, ln 3) get exactly the
+    weights one process computes for (0, ln 3): exp -> 0.5 and 1.5 (exp(0 - ln 3) / mean(1/3, 1) = (1/3)/(2/3));
+    raw -> 0 and ln 3 / (ln 3 / 2) = 2."""
+    both = _t([0.0, LN3])
+    whole = rwr_weights(both, weighting)
+    parts = torch.cat([rwr_weights(both[:1], weighting, batch_rewards=both),
+                       rwr_weights(both[1:], weighting, batch_rewards=both)])
+    torch.testing.assert_close(parts, whole)
+    want = [0.5, 1.5] if weighting == "exp" else [0.0, 2.0]
+    torch.testing.assert_close(whole, torch.tensor(want))
+    # normalised over its own sample only, the second process would get weight 1 instead of 1.5 (exp) or 2 (raw)
+    assert rwr_weights(both[1:], weighting).tolist() == [1.0]
+
+
+def test_flow_rwr_loss_golden():
+    """err (2, 4), w (0.5, 1.5) -> per-sample loss (1, 6), mean 3.5; d loss_i / d err_i = w_i; the weights'
+    dtype follows err (float64 weights, float32 loss)."""
+    err = torch.tensor([2.0, 4.0], requires_grad=True)
+    loss = flow_rwr_loss(err, _t([0.5, 1.5]))
+    assert loss.dtype == torch.float32 and loss.tolist() == [1.0, 6.0]
+    assert loss.mean().item() == 3.5
+    loss.sum().backward()
+    assert err.grad.tolist() == [0.5, 1.5]

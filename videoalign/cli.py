@@ -370,3 +370,35 @@ def bench_speed_train_reward(
                  gradient_checkpointing=gradient_checkpointing, max_pixels=max_pixels, device=device)
     cfg = _resolve(SpeedTrainRewardConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run_speed_train_reward, cfg))
+
+
+@speed_app.command("dpo")
+def bench_speed_dpo(
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the JSON figures."),
+    model: Optional[str] = typer.Option(None, help="tiny-random, or wan2.1-1.3b-random (the 1.3B architecture, random weights)."),
+    num_frames: Optional[int] = typer.Option(None, help="Frames per clip, 4k+1 (default: 9 tiny, 33 Wan)."),
+    height: Optional[int] = typer.Option(None, help="Clip height, a multiple of 16."),
+    width: Optional[int] = typer.Option(None, help="Clip width, a multiple of 16."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per step."),
+    steps: Optional[int] = typer.Option(None, help="Timed steps per variant, after one warm-up step."),
+    dtype: Optional[str] = typer.Option(None, help="auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."),
+    device: Optional[str] = DeviceOpt,
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank (alpha = 2 x rank; default: 2 tiny, 64 Wan)."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Time one Flow-DPO step and its peak memory: ours (one LoRA model, adapter-off reference, concatenated
+    forward) against the paper pseudo-code's (a frozen reference copy, four forwards), in one process.
+
+    \b
+    videoalign bench speed dpo --model tiny-random --output bench_dpo.json
+    1 GPU: videoalign bench speed dpo --recipe recipes/bench/speed_dpo.yaml --output bench_dpo.json
+    """
+    from videoalign.commands.bench_dpo import SpeedDpoConfig, run_speed_dpo
+
+    flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width,
+                 batch_size=batch_size, steps=steps, dtype=dtype, device=device,
+                 gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank)
+    cfg = _resolve(SpeedDpoConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_dpo, cfg))

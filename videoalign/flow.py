@@ -62,7 +62,9 @@ def per_sample_mse(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor
 
 def sampling_times(steps: int, shift: float) -> torch.Tensor:
     """(steps + 1,) float64 times from 1 (noise) to 0 (data): linspace(1, 0), shifted. Consecutive entries are
-    the (t_i, t_{i+1}) of an Euler sampler, as FlowMatchEulerDiscreteScheduler(shift).set_timesteps builds."""
+    the (t_i, t_{i+1}) of an Euler sampler. This is UniPCMultistepScheduler(use_flow_sigmas, flow_shift)'s grid
+    with its 1/1000 end moved to 0; FlowMatchEulerDiscreteScheduler(shift).set_timesteps differs (it shifts its
+    already shifted sigma_min again and then jumps to 0), see tests/test_flow.py."""
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
     return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
