@@ -145,12 +145,16 @@ def read_rewarded_videos(source: str | Path, videos_root: str | Path | None = No
     (uniform weighting)."""
     path = Path(source)
     kind, rows = _lines(path)
-    first = next((r for _, r in rows if isinstance(r, dict) and "error" not in r), {})
-    if kind == "csv" or "chosen" in first:
+    # a pair file if any line looks like a pair: a first line that lacks "chosen" must stay one problem
+    if kind == "csv" or any(isinstance(r, dict) and ("chosen" in r or "rejected" in r) for _, r in rows):
         pairs, problems = read_preference_pairs(path, videos_root, weights)
-        if need_rewards and pairs and pairs[0].reward_chosen is None:
-            raise DataError(f"{path}: has labels but no scores; run videoalign relabel on it first, or use "
-                            "weighting uniform")
+        if need_rewards:
+            unscored = [p for p in pairs if p.reward_chosen is None]
+            if unscored and len(unscored) == len(pairs):
+                raise DataError(f"{path}: has labels but no scores; run videoalign relabel on it first, or use "
+                                "weighting uniform")
+            problems += [f"{path} line {p.line}: no scores; rerun videoalign relabel on it" for p in unscored]
+            pairs = [p for p in pairs if p.reward_chosen is not None]
         videos = []
         for p in pairs:
             videos.append(RewardedVideo(p.line, p.prompt, p.chosen, p.reward_chosen, True))

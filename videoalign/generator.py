@@ -358,11 +358,19 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast to dtype but keep the model's `_keep_in_fp32_modules` (Wan: rope, time embedder, norms) in float32, as
     from_pretrained(torch_dtype=...) does; a no-op when already there."""
     keep = set(getattr(module, "_keep_in_fp32_modules", None) or [])
+    if hasattr(module, "_keep_in_fp32_modules_strict"):
+        # transformers applies `_keep_in_fp32_modules` for float16 only (UMT5's `wo` stays bf16 in bf16), and the
+        # `_strict` list for float16 and bfloat16
+        keep = (keep if dtype == torch.float16 else set()) | set(module._keep_in_fp32_modules_strict or [])
     torch.nn.Module.to(module, dtype)
     if dtype != torch.float32 and keep:
         for name, sub in module.named_modules():
             if keep & set(name.split(".")):
                 torch.nn.Module.to(sub, torch.float32)
+        # entries may name parameters too (Wan's `scale_shift_table`), which from_pretrained also keeps in fp32
+        for name, param in module.named_parameters():
+            if keep & set(name.split(".")):
+                param.data = param.data.float()
     return module
 
 

@@ -84,7 +84,7 @@ class LatentCache:
         return self.root / "prompts" / f"{_hash(prompt)}.safetensors"
 
     def has_video(self, path: Path) -> bool:
-        return self.video_file(path).is_file()
+        return Path(path).is_file() and self.video_file(path).is_file()
 
     def has_prompt(self, prompt: str) -> bool:
         return self.prompt_file(prompt).is_file()
@@ -146,7 +146,7 @@ class LatentCache:
                 self.put_prompt(prompt, text)
             if bar is not None:
                 bar.advance(len(chunk))
-        unique = sorted({str(Path(v).resolve()) for v in videos})
+        unique = sorted({str(Path(v).resolve()) for v in videos if Path(v).is_file()})  # readers report the rest
         todo = [Path(v) for v in unique[rank::world] if not self.has_video(Path(v))]
         spec = self.spec
 
@@ -164,7 +164,7 @@ class LatentCache:
 
     def todo_count(self, videos: list[Path], prompts: list[str]) -> int:
         """Missing entries (all processes together)."""
-        unique = {str(Path(v).resolve()) for v in videos}
+        unique = {str(Path(v).resolve()) for v in videos if Path(v).is_file()}
         return (sum(not self.has_video(Path(v)) for v in unique)
                 + sum(not self.has_prompt(p) for p in set(prompts)))
 

@@ -55,8 +55,10 @@ def dpo_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: torch.
         if parts.reference is not None:
             v_ref = gen.velocity(x_t, t2, text2, transformer=parts.reference)
         else:
+            # through the prepared module (sharded weights under FSDP/ZeRO-3 are gathered by its forward); the
+            # adapter flag lives on the plain module's LoRA layers
             with adapters_disabled(parts.transformer):
-                v_ref = gen.velocity(x_t, t2, text2, transformer=parts.transformer)
+                v_ref = gen.velocity(x_t, t2, text2, transformer=parts.model)
     v = gen.velocity(x_t, t2, text2, transformer=parts.model)
     err, ref_err = per_sample_mse(v, target), per_sample_mse(v_ref, target)
     b = len(pairs)
