@@ -207,3 +207,19 @@ def test_two_processes_equal_one(cli, pair_file, run_a, tmp_path):
     # the cache was built by both ranks: every entry exactly once
     assert len(list((out / "cache").glob("*/videos/*.safetensors"))) == 16
     assert os.path.isdir(out / "samples" / "final")
+
+
+def test_relabel_output_feeds_dpo(cli, pair_file, cache, tmp_path):
+    """The README's path: a generation manifest -> `relabel` (VideoReward labels) -> `dpo` on its pairs JSONL."""
+    rows = [json.loads(x) for x in pair_file.read_text().splitlines()]
+    manifest = cli.write_csv(tmp_path / "manifest.csv", [
+        (r["prompt"], str(pair_file.parent / r[side]), f"g{i}") for i, r in enumerate(rows[:4])
+        for side in ("chosen", "rejected")], header=("prompt", "video", "group"))
+    pairs = tmp_path / "relabelled.jsonl"
+    result = cli.invoke("relabel", manifest, "--recipe", REPO / "recipes" / "debug" / "relabel.yaml",
+                        "--output", pairs, "--pairing", "best-worst")
+    assert result.exit_code == 0, result.output
+    assert len(cli.read_jsonl(pairs)) == 4
+    out = tmp_path / "dpo"
+    _dpo(cli, pairs, out, "--max-steps", "2", "--set", "validate_every=0", "--set", "save_every=0", cache=cache)
+    assert len(_losses(out)) == 2 and (out / "final" / "pytorch_lora_weights.safetensors").is_file()
