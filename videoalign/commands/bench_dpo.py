@@ -11,15 +11,16 @@ Both get the same template weights, LoRA init, latents, text, t and noise, so th
 (tests/commands/test_bench.py checks it to 1e-5). Latents (B, 16, (F-1)/4+1, H/8, W/8) and text (B, L, text_dim)
 are random tensors of the right shapes: no VAE or text encoder runs.
 
-Time: the median over `steps` timed steps, after a warm-up step. Memory: the peak from just before a variant's
-models are built (the device copy of the template, the naive reference copy, LoRA and its float32 masters) to the
-end of its steps, so it counts weights, grads, AdamW state and activations; the template (on the CPU) and the
-shared inputs, made earlier, count on neither side.
+Memory: each variant's peak from just before its models are built (the device copy of the template, the naive
+reference copy, LoRA and its float32 masters) through its warm-up step and one more step, so it counts weights,
+grads, AdamW state and activations; the template (kept on the CPU) and the shared inputs count on neither side.
+Ours is built and measured first and stays alive; naive's window counts only what naive adds.
 - CUDA: torch.cuda.max_memory_allocated() minus memory_allocated() before the build.
-- CPU: `LiveTensorBytes`, a TorchDispatchMode that counts every storage an aten op allocates until it is freed,
-  over the build, the warm-up step and one more step; timing runs after it, outside the mode. It does not see
-  scratch buffers that a kernel allocates and frees inside one op; torch.profiler's allocator events (which do,
-  but print to stderr and need a private API) gave peaks within 3% of it on the tiny model.
+- CPU: `LiveTensorBytes`, a TorchDispatchMode that counts every storage an aten op allocates until it is freed.
+  It does not see scratch buffers that a kernel allocates and frees inside one op; torch.profiler's allocator
+  events (which do, but print to stderr and need a private API) gave peaks within 3% of it on the tiny model.
+Time: then the two variants' training steps alternate, `steps` each, and each reports its median, so a slow spell
+of a shared machine hits both alike (the device must hold both variants at once).
 
 `--model wan2.1-1.3b-random` builds the real Wan2.1-T2V-1.3B transformer architecture from its config with random
 weights (a GPU job: recipes/bench/speed_dpo.yaml).
@@ -50,8 +51,8 @@ TINY_RANDOM = "tiny-random"
 WAN_1_3B_RANDOM = "wan2.1-1.3b-random"
 #: WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers (REFERENCE.md 10.2)
 WAN_1_3B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                       out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                       qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+                       out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                       cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
 #: (num_frames, height, width, lora_rank) when not set. tiny: the debug dpo recipe's clip size; rank 2 keeps the
 #: adapter at ~5% of the tiny transformer, near rank 64's ~3% of the 1.3B one.
 MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 2), WAN_1_3B_RANDOM: (33, 480, 832, 64)}
@@ -114,11 +115,11 @@ class SpeedDpoConfig:
 class DpoInputs:
     """One micro-batch of random pairs, as the latent cache and the training loop would hand them over."""
 
-    chosen: object  # (B, C, F', H', W') float32 normalised latents
-    rejected: object  # (B, C, F', H', W')
-    text: object  # (B, L, D) float32 text-encoder states
-    t: object  # (B,) in [0, 1], shared by both videos of a pair
-    noise: object  # (B, C, F', H', W'), shared by both videos of a pair
+    chosen: torch.Tensor  # (B, C, F', H', W') float32 normalised latents
+    rejected: torch.Tensor  # (B, C, F', H', W')
+    text: torch.Tensor  # (B, L, D) float32 text-encoder states
+    t: torch.Tensor  # (B,) in [0, 1], shared by both videos of a pair
+    noise: torch.Tensor  # (B, C, F', H', W'), shared by both videos of a pair
 
 
 class InputCache:
@@ -139,8 +140,8 @@ class InputCache:
 def as_pairs(inputs: DpoInputs) -> list:
     from videoalign.align_data import PreferencePair
 
-    return [PreferencePair(line=i + 1, prompt=str(i), chosen=Path("chosen", str(i)), rejected=Path("rejected", str(i)))
-            for i in range(inputs.t.shape[0])]
+    return [PreferencePair(line=i + 1, prompt=str(i), chosen=Path("chosen", str(i)),
+                           rejected=Path("rejected", str(i))) for i in range(inputs.t.shape[0])]
 
 
 def make_inputs(cfg: SpeedDpoConfig, gen, device) -> DpoInputs:
@@ -162,6 +163,8 @@ def resolve_device_dtype(cfg: SpeedDpoConfig) -> tuple[torch.device, str]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device}: no CUDA device is available here; use --device cpu")
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     return device, dtype
 
@@ -304,62 +307,53 @@ def _warm_cuda(device: torch.device, dtype: torch.dtype) -> None:
     torch.cuda.synchronize(device)
 
 
-def measure(name: Literal["ours", "naive"], template, inputs: DpoInputs, cfg: SpeedDpoConfig,
-            device: torch.device) -> dict:
-    """Build one variant, warm it up, time `cfg.steps` steps and take its peak memory (module docstring); the
-    variant is freed on return."""
-    from videoalign.commands.bench import _sync
-
+def build_and_measure(name: Literal["ours", "naive"], template, inputs: DpoInputs, cfg: SpeedDpoConfig,
+                      device: torch.device) -> tuple[Variant, dict]:
+    """Build one variant and run its warm-up step (where the AdamW state appears) and one more step inside its
+    memory window (module docstring). Returns the variant, still alive, and its memory figures."""
     gc.collect()
-    losses: list[float] = []
-
-    def build_and_step(steps: int) -> Variant:
-        variant = build_variant(name, template, cfg, device)
-        for _ in range(steps):
-            losses.append(train_step(variant, inputs))
-        return variant
-
-    # 1. Build and warm up inside the memory window: the optimiser state appears in the first step.
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        variant = build_and_step(1)
+        before = torch.cuda.memory_allocated(device)  # the inputs, and ours when this is naive
+        variant = build_variant(name, template, cfg, device)
+        losses = [train_step(variant, inputs) for _ in range(2)]
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
     else:
         with LiveTensorBytes() as tracker:
-            variant = build_and_step(2)  # a steady-state step after the warm-up, inside the window
+            variant = build_variant(name, template, cfg, device)
+            losses = [train_step(variant, inputs) for _ in range(2)]
         peak = tracker.peak
-
-    # 2. Timed steps (on CUDA still inside the window: max_memory_allocated costs nothing).
-    times = []
-    for _ in range(cfg.steps):
-        _sync(device)
-        start = time.perf_counter()
-        losses.append(train_step(variant, inputs))
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - before
-
     models = [variant.gen.transformer] + ([variant.reference] if variant.reference is not None else [])
     weights = {id(t.untyped_storage()): t.untyped_storage().nbytes()
                for m in models for t in [*m.parameters(), *m.buffers()]}
-    figures = {"step_s": round(statistics.median(times), 5), "step_s_min": round(min(times), 5),
-               "peak_mb": round(peak / 2**20, 3), "weights_mb": round(sum(weights.values()) / 2**20, 3),
-               "forwards_per_step": FORWARDS_PER_STEP[name], "first_loss": round(losses[0], 6),
-               "trainable_params": sum(p.numel() for p in variant.gen.transformer.parameters() if p.requires_grad)}
-    del variant, models
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return figures
+    return variant, {"peak_mb": round(peak / 2**20, 3), "weights_mb": round(sum(weights.values()) / 2**20, 3),
+                     "forwards_per_step": FORWARDS_PER_STEP[name], "first_loss": round(losses[0], 6)}
+
+
+def time_steps(variants: list[Variant], inputs: DpoInputs, steps: int, device: torch.device) -> dict[str, list]:
+    """Seconds per training step of each variant, alternating between them step by step, so a slow spell of a
+    shared machine hits both alike."""
+    from videoalign.commands.bench import _sync
+
+    times: dict[str, list] = {v.name: [] for v in variants}
+    for _ in range(steps):
+        for variant in variants:
+            _sync(device)
+            start = time.perf_counter()
+            train_step(variant, inputs)
+            _sync(device)
+            times[variant.name].append(time.perf_counter() - start)
+    return times
 
 
 MEMORY_METHODS = {
-    "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() just before the variant's models are built, "
-            "over the build, the warm-up step and the timed steps",
-    "cpu": "peak live tensor bytes (LiveTensorBytes, a TorchDispatchMode counting storages that ops allocate, until "
-           "freed) from just before the variant's models are built through its warm-up step and one more step",
+    "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() just before the variant's models are "
+            "built, over the build, the warm-up step and one more step",
+    "cpu": "peak live tensor bytes (LiveTensorBytes, a TorchDispatchMode counting storages that ops allocate, "
+           "until freed) from just before the variant's models are built through its warm-up step and one more "
+           "step",
 }
 
 
@@ -373,13 +367,20 @@ def run_speed_dpo(cfg: SpeedDpoConfig) -> int:
     inputs = make_inputs(cfg, template, device)
     if device.type == "cuda":
         _warm_cuda(device, template.dtype)
-    ours = measure("ours", template, inputs, cfg, device)
-    naive = measure("naive", template, inputs, cfg, device)
-    lora_params = ours.pop("trainable_params")
-    naive.pop("trainable_params")
+    # 1. Memory: each variant's window opens before it is built (ours is built, measured and kept first).
+    variants, figures_of = [], {}
+    for name in ("ours", "naive"):
+        variant, figures_of[name] = build_and_measure(name, template, inputs, cfg, device)
+        variants.append(variant)
+    # 2. Time: the two variants' steps alternate.
+    for name, times in time_steps(variants, inputs, cfg.steps, device).items():
+        figures_of[name].update(step_s=round(statistics.median(times), 5), step_s_min=round(min(times), 5))
+    ours, naive = figures_of["ours"], figures_of["naive"]
+    lora_params = sum(p.numel() for p in variants[0].gen.transformer.parameters() if p.requires_grad)
     time_ratio = ours["step_s"] / naive["step_s"]
     memory_ratio = ours["peak_mb"] / naive["peak_mb"]
-    meets = {"time_ratio": time_ratio <= TARGETS["time_ratio"], "memory_ratio": memory_ratio <= TARGETS["memory_ratio"]}
+    meets = {"time_ratio": time_ratio <= TARGETS["time_ratio"],
+             "memory_ratio": memory_ratio <= TARGETS["memory_ratio"]}
     figures = {
         "benchmark": "speed/dpo",
         "model": cfg.model,
