@@ -367,7 +367,8 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
                 t, noise = draw_noise(cfg, gen.family, step, mine, shape)
                 with accelerator.accumulate(model):
                     loss, stats = objective.loss(parts, cache, batch, [items[i] for i in order], t, noise)
-                    accelerator.backward(loss)
+                    if loss.requires_grad:  # else the objective ran its own backward passes (dpo backward: split)
+                        accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
                     optimizer.step()

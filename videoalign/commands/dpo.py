@@ -29,12 +29,19 @@ class DpoConfig(AlignConfig):
     beta: float = 5000.0
     #: constant (the paper's Flow-DPO) or timestep: beta (1 - t)^2 (ablation; hacks the reward at high noise)
     beta_schedule: Literal["constant", "timestep"] = "constant"
+    #: joint: chosen and rejected in one concatenated forward and backward (fastest); split: the same gradient
+    #: with one video's graph alive at a time (about half the activation memory; for LoRA, it keeps one copy of
+    #: the adapter's gradients)
+    backward: Literal["joint", "split"] = "joint"
     output_dir: str = "runs/dpo"
 
     def __post_init__(self):
         super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.backward == "split" and not self.lora.enabled:
+            raise ValueError("backward: split keeps a copy of the trainable gradients, which for full fine-tuning "
+                             "is a second copy of the model; use backward: joint with lora.enabled: false")
 
 
 def dpo_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: torch.Tensor):
@@ -67,14 +74,72 @@ def dpo_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: torch.
     return loss.mean(), stats
 
 
+def dpo_split_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: torch.Tensor, backward,
+                   no_sync):
+    """dpo_step's gradient, one video's graph at a time; runs the backward passes itself (`backward(loss)`, and
+    `no_sync()` for all but the last, so DDP reduces once). Returns the detached loss and the stats.
+
+    With inside_i = -(beta_i / 2) [(e_w - r_w) - (e_l - r_l)] and L = mean_i -log sigmoid(inside_i):
+        dL/de_w,i = s_i,  dL/de_l,i = -s_i,  s_i = (beta_i / 2) sigmoid(-inside_i) / B.
+    s_i needs both policy errors, so: backward e_w (its graph is freed), forward rejected, compute s_i, scale the
+    chosen gradient added since the pair began by s_i, then backward -s_i e_l.
+    """
+    import contextlib
+
+    from videoalign.flow import add_noise, per_sample_mse, velocity_target
+    from videoalign.generator import adapters_disabled
+    from videoalign.losses import dpo_beta, flow_dpo_loss
+
+    gen, device = parts.gen, parts.gen.device
+    x0_w = torch.stack([cache.load_video(p.chosen) for p in pairs]).to(device)
+    x0_l = torch.stack([cache.load_video(p.rejected) for p in pairs]).to(device)
+    text = gen.pad_text([cache.load_prompt(p.prompt) for p in pairs]).to(device)
+    noise, t = noise.to(device), t.to(device)
+    x_w, x_l = add_noise(x0_w, noise, t), add_noise(x0_l, noise, t)
+    v_w, v_l = velocity_target(x0_w, noise), velocity_target(x0_l, noise)
+    b = len(pairs)
+    # the reference at the policy's shapes (one video per forward): beta amplifies kernel-dependent rounding
+    with torch.no_grad(), adapters_disabled(parts.transformer):
+        ref_w, ref_l = ([per_sample_mse(gen.velocity(x[i:i + 1], t[i:i + 1], text[i:i + 1], transformer=parts.model),
+                                        v[i:i + 1]) for i in range(b)] for x, v in ((x_w, v_w), (x_l, v_l)))
+    ref_w, ref_l = torch.cat(ref_w), torch.cat(ref_l)
+    beta = dpo_beta(cfg.beta, t, cfg.beta_schedule).to(device)
+    params = [p for p in parts.transformer.parameters() if p.requires_grad]
+    losses, all_stats = [], []
+    for i in range(b):
+        one = slice(i, i + 1)
+        before = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        with no_sync():
+            e_w = per_sample_mse(gen.velocity(x_w[one], t[one], text[one], transformer=parts.model), v_w[one])
+            backward(e_w.sum())
+        with no_sync() if i < b - 1 else contextlib.nullcontext():
+            e_l = per_sample_mse(gen.velocity(x_l[one], t[one], text[one], transformer=parts.model), v_l[one])
+            loss, stats = flow_dpo_loss(e_w.detach(), e_l.detach(), ref_w[one], ref_l[one], beta[one])
+            scale = (beta[one] / 2 * torch.sigmoid(-stats["inside"])).sum() / b
+            with torch.no_grad():
+                for p, g0 in zip(params, before):
+                    if p.grad is not None:
+                        p.grad.copy_(scale * p.grad if g0 is None else g0 + scale * (p.grad - g0))
+            backward(-scale * e_l.sum())
+        losses.append(loss)
+        all_stats.append(stats)
+    stats = {k: torch.cat([s[k] for s in all_stats]) for k in all_stats[0]}
+    return torch.cat(losses).mean().detach(), stats
+
+
 def run(cfg: DpoConfig) -> int:
     from videoalign.align_data import read_preference_pairs
     from videoalign.distributed import make_accelerator
 
     pairs, problems = read_preference_pairs(cfg.data, cfg.videos_root)
     accelerator = make_accelerator(cfg.device, gradient_accumulation_steps=cfg.grad_accum)
-    objective = Objective(
-        name="pair", items=pairs, videos=lambda p: [p.chosen, p.rejected], prompt=lambda p: p.prompt,
-        loss=lambda parts, cache, batch, _all, t, noise: dpo_step(cfg, parts, cache, batch, t, noise),
-        needs_reference=True)
+    if cfg.backward == "split":
+        def loss(parts, cache, batch, _all, t, noise):
+            return dpo_split_step(cfg, parts, cache, batch, t, noise, accelerator.backward,
+                                  lambda: accelerator.no_sync(parts.model))
+    else:
+        def loss(parts, cache, batch, _all, t, noise):
+            return dpo_step(cfg, parts, cache, batch, t, noise)
+    objective = Objective(name="pair", items=pairs, videos=lambda p: [p.chosen, p.rejected],
+                          prompt=lambda p: p.prompt, loss=loss, needs_reference=True)
     return run_training(cfg, objective, accelerator, problems)
