@@ -42,10 +42,15 @@ class SpeedScoreConfig:
 
 
 def report(figures: dict, output: str | None) -> None:
-    """Print the figures as JSON and, when `output` is set, write them there atomically."""
+    """Print the figures, plus where they were measured (threads, host, python, torch), as JSON and, when `output`
+    is set, write them there atomically."""
+    import torch
+
     from videoalign.data import write_atomic
     from videoalign.log import console, stdout
 
+    figures = {**figures, "torch_threads": torch.get_num_threads(), "host": platform.node(),
+               "python": platform.python_version(), "torch": torch.__version__}
     text = json.dumps(figures, indent=2)
     if output:
         write_atomic(output, text + "\n")
@@ -117,10 +122,6 @@ def run_speed_score(cfg: SpeedScoreConfig) -> int:
         "score_over_decode": round(score_s / decode_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if rm.device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
     }
     report(figures, cfg.output)
     return 0
@@ -185,9 +186,6 @@ def run_speed_relabel(cfg: SpeedRelabelConfig) -> int:
         "videos_per_s": round(videos / total_s, 3),
         "pairs_per_s": round(pairs / total_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "torch": torch.__version__,
     }
     report(figures, cfg.output)
     return code
@@ -253,8 +251,6 @@ def run_speed_train_reward(cfg: SpeedTrainRewardConfig) -> int:
         "total_s": round(total_s, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "host": platform.node(),
     }
     report(figures, cfg.output)
     return 0

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import platform
 import statistics
 import time
 import weakref
@@ -428,10 +427,6 @@ def run_speed_dpo(cfg: SpeedDpoConfig) -> int:
         "memory_method": MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"],
         "memory_counts": "the variant's weights (naive: and its frozen reference copy), the LoRA with its float32 "
                          "masters, grads, AdamW state and activations; not the template or the shared inputs",
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
     }
     report(figures, cfg.output)
     return 0
