@@ -214,20 +214,25 @@ def write_metrics(path: Path, record: dict) -> None:
     append_jsonl(path, [{"time": round(time.time(), 3), **record}])
 
 
-def sample_validation(cfg: AlignConfig, gen, texts, negative, out_dir: Path) -> list[Path]:
-    """One mp4 per (prompt, seed) with the live weights; fixed seeds, so runs and steps are comparable."""
+def sample_validation(cfg: AlignConfig, gen, texts, negative, out_dir: Path, ema=None, params=None) -> list[Path]:
+    """One mp4 per (prompt, seed) with the weights that would be exported (the EMA ones when there is an EMA);
+    fixed seeds, so runs and steps are comparable."""
     from videoalign.video import write_video
 
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width)
     written = []
     was_training = gen.transformer.training
     gen.transformer.eval()
+    if ema is not None:
+        ema.swap(params)
     for i, text in enumerate(texts):
         for seed in cfg.validation_seeds:
             latents = gen.sample(text[None], [seed], shape, cfg.sample_steps, cfg.shift, cfg.guidance_scale,
                                  negative[None] if negative is not None else None)
             frames = gen.decode(latents)[0]
             written.append(write_video(out_dir / f"prompt{i:03d}-seed{seed}.mp4", frames, cfg.sample_fps))
+    if ema is not None:
+        ema.swap(params)
     gen.transformer.train(was_training)
     return written
 
@@ -390,13 +395,13 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
                 checkpoint.save(out, done, params, optimizer.optimizer, scheduler, {"objective": objective.name},
                                 rank, world, accelerator.wait_for_everyone, ema.shadow if ema else None)
             if main and val_texts is not None and cfg.validate_every and done % cfg.validate_every == 0:
-                sample_validation(cfg, gen, val_texts, negative, out / "samples" / f"step-{done}")
+                sample_validation(cfg, gen, val_texts, negative, out / "samples" / f"step-{done}", ema, params)
             accelerator.wait_for_everyone()
 
     # 5. Final samples and export (rank 0).
     if main:
         if val_texts is not None:
-            sample_validation(cfg, gen, val_texts, negative, out / "samples" / "final")
+            sample_validation(cfg, gen, val_texts, negative, out / "samples" / "final", ema, params)
         export(cfg, parts, out, ema, console)
     accelerator.wait_for_everyone()
     return 0
