@@ -89,6 +89,9 @@ def test_resume_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_pa
     assert "resumed from" in result.output
     assert _losses(out) == _losses(run_a)
     _assert_same_lora(out, run_a)
+    # other batch settings would silently change the data order: refused
+    refused = _dpo(cli, pair_file, out, "--resume", "--batch-size", "2", "--max-steps", "6", cache=cache, ok=False)
+    assert refused.exit_code == 2 and "global batches of 2" in refused.output
 
 
 def test_exported_lora_loads_and_merges_like_the_live_adapter(run_a):

@@ -353,6 +353,10 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     if cfg.resume and (last := checkpoint.latest(out)) is not None:
         state = checkpoint.load(last, transformer, optimizer.optimizer, scheduler, rank)
         start_step = state["step"]
+        if state.get("items", len(items)) != len(items) or state.get("global_batch", global_batch) != global_batch:
+            raise ValueError(f"{last}: written for {state.get('items')} items in global batches of "
+                             f"{state.get('global_batch')}, but this run has {len(items)} and {global_batch}; resume "
+                             "with the same data and batch settings, or use a new output_dir")
         if ema is not None:
             ema.shadow = {n: t.float() for n, t in state.get("tensors", {}).items()} or ema.shadow
         if main:
@@ -392,8 +396,9 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
             if main and done % cfg.log_every == 0:
                 write_metrics(metrics_path, record)
             if cfg.save_every and done % cfg.save_every == 0:
-                checkpoint.save(out, done, params, optimizer.optimizer, scheduler, {"objective": objective.name},
-                                rank, world, accelerator.wait_for_everyone, ema.shadow if ema else None)
+                extra = {"objective": objective.name, "items": len(items), "global_batch": global_batch}
+                checkpoint.save(out, done, params, optimizer.optimizer, scheduler, extra, rank, world,
+                                accelerator.wait_for_everyone, ema.shadow if ema else None)
             if main and val_texts is not None and cfg.validate_every and done % cfg.validate_every == 0:
                 sample_validation(cfg, gen, val_texts, negative, out / "samples" / f"step-{done}", ema, params)
             accelerator.wait_for_everyone()
