@@ -365,3 +365,17 @@ def test_wan_check_lora_targets():
     msg = WAN.check_lora_targets(["to_q", "to_x", "norm1"])
     assert msg.startswith("Wan has no module to_x, norm1; LoRA can target attn1.to_q, attn1.to_k")
     assert "to_q," not in msg.split(";")[0]
+
+
+def test_bfloat16_cast_keeps_fp32_tensors_unrounded():
+    """_cast never sends the float32-kept tensors (time embedder, norms, rope, scale_shift_table) through bf16."""
+    from videoalign.generator import _cast, tiny_random_components
+
+    transformer = tiny_random_components(0)["transformer"]
+    before = {n: t.clone() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
+    _cast(transformer, torch.bfloat16)
+    kept = [(n, t) for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]
+            if t.dtype == torch.float32]
+    assert any("scale_shift_table" in n for n, _ in kept) and any("time_embedder" in n for n, _ in kept)
+    for name, tensor in kept:
+        assert torch.equal(tensor, before[name]), name

@@ -362,15 +362,12 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         # transformers applies `_keep_in_fp32_modules` for float16 only (UMT5's `wo` stays bf16 in bf16), and the
         # `_strict` list for float16 and bfloat16
         keep = (keep if dtype == torch.float16 else set()) | set(module._keep_in_fp32_modules_strict or [])
-    torch.nn.Module.to(module, dtype)
-    if dtype != torch.float32 and keep:
-        for name, sub in module.named_modules():
-            if keep & set(name.split(".")):
-                torch.nn.Module.to(sub, torch.float32)
-        # entries may name parameters too (Wan's `scale_shift_table`), which from_pretrained also keeps in fp32
-        for name, param in module.named_parameters():
-            if keep & set(name.split(".")):
-                param.data = param.data.float()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        # tensors of kept modules (and kept parameters such as Wan's scale_shift_table) never pass through dtype:
+        # casting everything and back would round them
+        target = torch.float32 if dtype != torch.float32 and keep & set(name.split(".")) else dtype
+        if tensor.is_floating_point() and tensor.dtype != target:
+            tensor.data = tensor.data.to(target)
     return module
 
 

@@ -80,7 +80,8 @@ class LatentRewardConfig:
         if len(set(self.dims)) != len(self.dims):
             raise ValueError(f"dims must not repeat a name, got {self.dims}")
         if not isinstance(self.freeze_backbone, bool):
-            raise ValueError(f"freeze_backbone must be true or false, got {self.freeze_backbone!r}")
+            raise ValueError(  # noqa: TRY004 - a config error is a ValueError naming the field (ARCHITECTURE 3)
+                f"freeze_backbone must be true or false, got {self.freeze_backbone!r}")
         if self.pooling not in _POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(_POOLINGS)}, got {self.pooling!r}")
         if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int)
@@ -184,7 +185,7 @@ class LatentRewardModel(nn.Module):
             raise ValueError(f"x_t: expected (B, C, F', H', W'), got shape {tuple(x_t.shape)}")
         self.check_compatible(x_t.shape, text.shape[-1])
         batch = x_t.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).float()
+        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device)
         t = t.expand(batch) if t.dim() == 0 else t
         if t.shape != (batch,):
             raise ValueError(f"t: expected shape ({batch},) or a scalar, got {tuple(t.shape)}")
