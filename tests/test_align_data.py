@@ -190,3 +190,48 @@ def test_read_rewarded_videos_from_label_csv(tmp_path, videos):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         read_preference_pairs(tmp_path / "nope.jsonl")
+
+
+# -- read_labelled_latent_pairs (train-latent-rm) ------------------------------------------------------------------
+
+def test_read_labelled_latent_pairs_from_relabel_jsonl(tmp_path, videos):
+    """A = chosen, B = rejected. Line 1: labels chosen/rejected/tie -> 1, -1, 0. Line 2: no TA label and an
+    unknown MQ one -> 22 (masked). Line 3: no labels, scores chosen - rejected = (+2, 0, -1) -> 1, 0, -1.
+    Line 4 has nothing usable, line 5 is broken JSON, line 6 names a missing video: reported by line, skipped."""
+    from videoalign.align_data import read_labelled_latent_pairs
+
+    v = videos
+    base = {"prompt": "a fox", "chosen": "a.mp4", "rejected": "b.mp4"}
+    path = _write_lines(tmp_path / "labelled.jsonl", [
+        {**base, "labels": {"VQ": "chosen", "MQ": "rejected", "TA": "tie", "Overall": "chosen"}},
+        {**base, "labels": {"VQ": "rejected", "MQ": "better"}},
+        _pair(v["c"], v["d"], "a bird", (3.0, 1.0, 0.0), (1.0, 1.0, 1.0)),
+        {**base, "labels": {"VQ": "?"}},
+        '{"prompt": ',
+        {**base, "rejected": "gone.mp4", "labels": {"VQ": "chosen"}},
+    ])
+    pairs, problems = read_labelled_latent_pairs(path, v["a"].parent)
+    assert [p.line for p in pairs] == [1, 2, 3]
+    assert [p.labels for p in pairs] == [[1, -1, 0], [-1, 22, 22], [1, 0, -1]]
+    assert pairs[0].path_a == v["a"] and pairs[0].path_b == v["b"] and pairs[2].path_a == v["c"]
+    assert [p.split(": ")[0] for p in problems] == [f"{path} line {n}" for n in (4, 5, 6)]
+    assert "no usable label" in problems[0] and "not valid JSON" in problems[1] and "gone.mp4" in problems[2]
+
+
+def test_read_labelled_latent_pairs_from_pair_csv_keeps_dims_order(tmp_path, videos):
+    """CSV labels A/B/same -> 1/-1/0 per column, anything else 22; `dims` picks and orders the columns."""
+    from videoalign.align_data import read_labelled_latent_pairs
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("path_A,path_B,prompt,VQ,MQ,TA\n"
+                    "a.mp4,b.mp4,a fox,A,same,B\n"
+                    "c.mp4,d.mp4,a bird,invalid,B,\n"
+                    "c.mp4,d.mp4,a cat,invalid,,\n"
+                    ",d.mp4,no path,A,A,A\n")
+    pairs, problems = read_labelled_latent_pairs(path, videos["a"].parent, dims=["TA", "VQ"])
+    # line 3 keeps MQ = B, but MQ is not asked for: TA empty and VQ invalid leave nothing usable, as on line 4
+    assert [(p.line, p.prompt, p.labels) for p in pairs] == [(2, "a fox", [-1, 1])]
+    assert [p.split(": ")[0] for p in problems] == [f"{path} line {n}" for n in (3, 4, 5)]
+    assert "no usable label" in problems[0] and "path_A" in problems[2]
+    pairs, _ = read_labelled_latent_pairs(path, videos["a"].parent)
+    assert [p.labels for p in pairs] == [[1, 0, -1], [22, -1, 22]]

@@ -184,3 +184,98 @@ def read_rewarded_videos(source: str | Path, videos_root: str | Path | None = No
             continue
         videos.append(RewardedVideo(n, prompt, video, float(reward)))
     return videos, problems
+
+
+# -- per-dimension labels (train-latent-rm) ---------------------------------------------------------------------
+
+#: relabel's per-dimension label (relative to its chosen = side A) -> loss label (losses.py: 1 A, -1 B, 0 tie)
+_RELABEL_SIDE = {"chosen": 1, "rejected": -1, "tie": 0}
+
+
+@dataclass
+class LabelledPair:
+    """A pair with one label per reward dimension, in losses.py's convention: 1 = A better, -1 = B better,
+    0 = tie, 22 = no usable label (masked by the loss, left out of accuracies)."""
+
+    line: int
+    prompt: str
+    path_a: Path
+    path_b: Path
+    labels: list[int]
+
+
+def read_labelled_latent_pairs(source: str | Path, videos_root: str | Path | None = None,
+                               dims: list[str] | tuple[str, ...] = DIMS) -> tuple[list[LabelledPair], list[str]]:
+    """Pairs with per-dimension labels (in `dims` order) from relabel's JSONL or a reference pair CSV.
+
+    JSONL: A = "chosen", B = "rejected"; labels from "labels" {dim: chosen|rejected|tie}; a line without "labels"
+    takes them from the sign of "scores" chosen - rejected (equal scores = tie). CSV: path_A, path_B, prompt and
+    a column per dimension with A, B or same. A missing or unknown label is 22 (masked); a line with no usable
+    label at all, a malformed line or a missing video is a problem "<file> line N: ..." and is skipped.
+    """
+    from videoalign.losses import INVALID
+
+    path = Path(source)
+    kind, rows = _lines(path)
+    root = Path(videos_root) if videos_root else path.parent
+    pairs, problems = [], []
+    for n, row in rows:
+        where = f"{path} line {n}"
+        try:
+            pair = (_jsonl_labelled(row, root, n, dims) if kind == "jsonl" else _csv_labelled(row, root, n, dims))
+        except (DataError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"{where}: {_reason(exc)}")
+            continue
+        if all(label == INVALID for label in pair.labels):
+            problems.append(f"{where}: no usable label for {', '.join(dims)}; use chosen/rejected/tie (JSONL) or "
+                            "A/B/same (CSV)")
+            continue
+        missing = [str(p) for p in (pair.path_a, pair.path_b) if not p.is_file()]
+        if missing:
+            problems.append(f"{where}: missing video {', '.join(missing)}; fix the path or drop the line")
+            continue
+        pairs.append(pair)
+    return pairs, problems
+
+
+def _jsonl_labelled(row, root: Path, n: int, dims) -> LabelledPair:
+    from videoalign.losses import INVALID
+
+    if isinstance(row, Exception):
+        raise DataError(f"not valid JSON ({row.msg} at column {row.colno})")
+    if not isinstance(row, dict):
+        raise DataError("not a JSON object")
+    if "error" in row and "chosen" not in row:
+        raise DataError(f"relabel could not score {row.get('video', 'a video')} ({row['error']})")
+    prompt = row["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError("empty prompt")
+    a, b = _resolve(root, row["chosen"]), _resolve(root, row["rejected"])
+    given = row.get("labels")
+    if isinstance(given, dict):
+        labels = [_RELABEL_SIDE.get(given.get(d), INVALID) if isinstance(given.get(d), str) else INVALID
+                  for d in dims]
+    elif isinstance(row.get("scores"), dict):
+        sc, sr = row["scores"].get("chosen") or {}, row["scores"].get("rejected") or {}
+        labels = []
+        for d in dims:
+            try:
+                diff = float(sc[d]) - float(sr[d])
+            except (KeyError, TypeError, ValueError):
+                labels.append(INVALID)
+                continue
+            labels.append(1 if diff > 0 else -1 if diff < 0 else 0 if diff == 0 else INVALID)
+    else:
+        raise DataError("no labels and no scores; run videoalign relabel on the pairs first")
+    return LabelledPair(n, prompt, a, b, labels)
+
+
+def _csv_labelled(row: dict, root: Path, n: int, dims) -> LabelledPair:
+    from videoalign.losses import labels_from_strings
+
+    row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for column in ("path_A", "path_B", "prompt"):
+        if not row.get(column):
+            raise DataError(f"empty {column}; a pair CSV needs path_A,path_B,prompt and label columns")
+    labels = labels_from_strings([row.get(d, "") for d in dims]).tolist()
+    return LabelledPair(n, row["prompt"], _resolve(root, row["path_A"]), _resolve(root, row["path_B"]), labels)

@@ -255,6 +255,36 @@ def rwr(
     raise typer.Exit(_guard(run, cfg))
 
 
+@app.command("train-latent-rm")
+def train_latent_rm(
+    data: Optional[str] = typer.Option(None, "--data", help="Pairs with per-dimension labels: relabel's JSONL or a pair CSV."),
+    val_data: Optional[str] = typer.Option(None, "--val-data", help="Evaluation pairs (default: the training pairs)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="metrics.jsonl, eval.json/png, checkpoints/, final/."),
+    model: Optional[str] = GenModelOpt,
+    max_steps: Optional[int] = MaxStepsOpt,
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per process per micro-step."),
+    grad_accum: Optional[int] = AccumOpt,
+    learning_rate: Optional[float] = LrOpt,
+    device: Optional[str] = DeviceOpt,
+    resume: Optional[bool] = ResumeOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Train the noisy-latent reward model of Flow-NRG (BTT loss on noised pairs; all keys: --recipe / --set).
+
+    \b
+    1 GPU:  videoalign train-latent-rm --recipe recipes/train_latent_rm/wan2_1_t2v_1_3b.yaml --data pairs.jsonl
+    N GPUs: accelerate launch --num_processes N -m videoalign train-latent-rm --recipe recipes/train_latent_rm/wan2_1_t2v_1_3b.yaml --data pairs.jsonl
+    """
+    from videoalign.commands.train_latent_rm import TrainLatentRmConfig, run
+
+    flags = dict(data=data, val_data=val_data, output_dir=output_dir, model=model, max_steps=max_steps,
+                 batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate, device=device,
+                 resume=resume)
+    cfg = _resolve(TrainLatentRmConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @bench_app.command("reward")
 def bench_reward(
     pairs: Optional[str] = typer.Option(None, "--pairs", help="Human-labelled pairs (VideoGen-RewardBench CSV or GenAI-Bench votes)."),
@@ -402,3 +432,66 @@ def bench_speed_dpo(
                  gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank)
     cfg = _resolve(SpeedDpoConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run_speed_dpo, cfg))
+
+
+@app.command()
+def guide(
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt to sample."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file: CSV with a prompt column, or .txt."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of the file."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Per-dimension weights, e.g. 0.1:0.1:0.8 or TA=1."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Guidance scale W >= 0 (paper: 100; 0 = unguided)."),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (default 5)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Euler sampling steps (default 50)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Prompt i samples from seed + i."),
+    latent_rm: Optional[str] = typer.Option(None, "--latent-rm", help="Latent reward model folder (train-latent-rm)."),
+    model: Optional[str] = GenModelOpt,
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="mp4s and guide.jsonl; reruns resume."),
+    compare: Optional[bool] = typer.Option(None, "--compare", help="Also the unguided sample: side-by-side mp4, PNG strip."),
+    device: Optional[str] = DeviceOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Flow-NRG: sample with the velocity shifted by a latent reward model's gradient, v - W t/(1-t) grad r.
+
+    \b
+    videoalign guide --prompt "a cat" --latent-rm runs/latent_rm/final --weights 0.1:0.1:0.8 --scale 100 --compare
+    1 GPU:  videoalign guide --recipe recipes/guide/wan2_1_t2v_1_3b.yaml --latent-rm runs/latent_rm/final --weights 0.1:0.1:0.8
+    N GPUs: accelerate launch --num_processes N -m videoalign guide --recipe recipes/guide/wan2_1_t2v_1_3b.yaml --latent-rm runs/latent_rm/final
+    """
+    from videoalign.commands.guide import GuideConfig, run
+
+    flags = dict(prompt=prompt, prompts=prompts, limit=limit, weights=weights, scale=scale, guidance_scale=cfg_scale,
+                 steps=steps, seed=seed, latent_rm=latent_rm, model=model, output_dir=output_dir, compare=compare,
+                 device=device)
+    cfg = _resolve(GuideConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
+@speed_app.command("guide")
+def bench_speed_guide(
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the JSON figures."),
+    model: Optional[str] = typer.Option(None, help="tiny-random, or wan2.1-1.3b-random (the 1.3B architecture, random weights)."),
+    num_frames: Optional[int] = typer.Option(None, help="Frames per clip, 4k+1 (default: 9 tiny, 81 Wan)."),
+    height: Optional[int] = typer.Option(None, help="Clip height, a multiple of 16."),
+    width: Optional[int] = typer.Option(None, help="Clip width, a multiple of 16."),
+    k: Optional[int] = typer.Option(None, "--k", help="Latent reward model blocks (default: 1 tiny, 4 Wan)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps per run (the first is not timed)."),
+    repeats: Optional[int] = typer.Option(None, help="Runs per variant, alternating; the first is a warm-up."),
+    dtype: Optional[str] = typer.Option(None, help="auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."),
+    device: Optional[str] = DeviceOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Time one Flow-NRG sampling step, guided against unguided (target ratio <= 1.5), in one process.
+
+    \b
+    videoalign bench speed guide --model tiny-random --output bench_guide.json
+    1 GPU: videoalign bench speed guide --recipe recipes/bench/speed_guide.yaml --output bench_guide.json
+    """
+    from videoalign.commands.bench_guide import SpeedGuideConfig, run_speed_guide
+
+    flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width, k=k, steps=steps,
+                 repeats=repeats, dtype=dtype, device=device)
+    cfg = _resolve(SpeedGuideConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_guide, cfg))

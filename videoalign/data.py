@@ -357,3 +357,21 @@ def read_train_pairs(path: str | Path, dims: list[str] | None = None, videos_roo
         pairs.append(TrainPair(number, a, b, row["prompt"], [TRAIN_LABELS[row[d]] for d in dims],
                                frames("num_frames_A"), frames("num_frames_B")))
     return dims, pairs, problems
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Prompts from a CSV with a `prompt` column (other columns ignored, e.g. ../shared/data/eval_prompts/*.csv) or
+    a text file with one prompt a line; blank entries are skipped, the order kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such prompt file; give a CSV with a prompt column or a .txt, one prompt a line")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if "prompt" not in (reader.fieldnames or []):
+                raise DataError(f"{path}: no `prompt` column (columns: {', '.join(reader.fieldnames or [])}); add "
+                                "one, or give a .txt with one prompt a line")
+            prompts = [(row.get("prompt") or "").strip() for row in reader]
+    else:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [p for p in prompts if p]

@@ -299,9 +299,11 @@ def reward_gradient(model: LatentRewardModel, x_t: torch.Tensor, t: torch.Tensor
 
 # -- saving and loading ---------------------------------------------------------------------------------------
 
-def save_latent_reward(model: LatentRewardModel, cfg: LatentRewardConfig | None, out_dir: str | Path) -> Path:
+def save_latent_reward(model: LatentRewardModel, cfg: LatentRewardConfig | None, out_dir: str | Path,
+                       clip: dict | None = None) -> Path:
     """Write model.safetensors and config.json to out_dir (created). cfg defaults to model.cfg; a cfg whose
-    architecture (k, dims, pooling, head_hidden) differs from the model's is refused."""
+    architecture (k, dims, pooling, head_hidden) differs from the model's is refused. `clip` (num_frames, height,
+    width, fps of the training latents) is recorded for `videoalign guide`'s defaults."""
     from safetensors.torch import save_file
 
     cfg = model.cfg if cfg is None else cfg
@@ -329,6 +331,7 @@ def save_latent_reward(model: LatentRewardModel, cfg: LatentRewardConfig | None,
         "text_dim": model.text_dim,
         "patch_size": list(model.patch_size),
         "inner_dim": model.inner_dim,
+        **(clip or {}),
     }
     tmp = out_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

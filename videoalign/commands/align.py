@@ -105,26 +105,9 @@ class AlignConfig:
     merge: bool = False
 
     def __post_init__(self):
-        from videoalign.generator import family_of
-
-        if not self.data:
-            raise ValueError("data is required: a pair JSONL from videoalign relabel or a reference pair CSV")
-        for name in ("batch_size", "grad_accum", "epochs", "log_every", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        family = check_training_fields(self, ("batch_size", "grad_accum", "epochs", "log_every", "sample_steps"))
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        family = family_of(self.model)
-        if self.dtype in family.refused_dtypes:
-            raise ValueError(f"dtype: {family.refused_dtypes[self.dtype]}")
-        if problem := family.check_frames(self.num_frames):
-            raise ValueError(f"num_frames: {problem}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value < family.spatial_multiple or value % family.spatial_multiple:
-                raise ValueError(f"{name}: {family.name} needs a multiple of {family.spatial_multiple}, got {value}")
         if self.lora.enabled:
             if self.lora.rank < 1:
                 raise ValueError(f"lora.rank must be >= 1, got {self.lora.rank}")
@@ -132,13 +115,40 @@ class AlignConfig:
                 raise ValueError(f"lora.targets: {problem}")
 
 
+def check_training_fields(cfg, positive: tuple[str, ...]):
+    """The checks every latent-training config shares (dpo, rwr, train-latent-rm): a data file, the named
+    counts >= 1, max_steps, and the model family's dtype, frame count (Wan: 4k+1) and size (multiples of 16).
+    Raises ValueError naming the field; returns the family (generator.Family)."""
+    from videoalign.generator import family_of
+
+    if not cfg.data:
+        raise ValueError("data is required: a pair JSONL from videoalign relabel or a reference pair CSV")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    family = family_of(cfg.model)
+    if cfg.dtype in family.refused_dtypes:
+        raise ValueError(f"dtype: {family.refused_dtypes[cfg.dtype]}")
+    if problem := family.check_frames(cfg.num_frames):
+        raise ValueError(f"num_frames: {problem}")
+    for name in ("height", "width"):
+        value = getattr(cfg, name)
+        if value < family.spatial_multiple or value % family.spatial_multiple:
+            raise ValueError(f"{name}: {family.name} needs a multiple of {family.spatial_multiple}, got {value}")
+    return family
+
+
 def step_seed(seed: int, step: int, position: int) -> int:
     """Seed of the (t, noise) of the item at global position `position` of optimiser step `step`."""
     return (seed * 1_000_003 + step * 10_007 + position) % (2**63 - 1)
 
 
-def draw_noise(cfg: AlignConfig, family, step: int, positions: list[int], shape: tuple[int, ...]):
-    """(t (B,), noise (B, *shape)) for the given global positions; independent of batch size and world size."""
+def draw_noise(cfg, family, step: int, positions: list[int], shape: tuple[int, ...]):
+    """(t (B,), noise (B, *shape)) for the given global positions; independent of batch size and world size.
+    cfg: any config with seed, shift, timestep_sampling, logit_mean and logit_std (AlignConfig,
+    TrainLatentRmConfig)."""
     from videoalign.flow import sample_timesteps
 
     ts, noises = [], []
@@ -186,8 +196,10 @@ def trainable_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
-def prepare_cache(cfg: AlignConfig, gen, videos: list[Path], prompts: list[str], accelerator, console):
-    """Encode what is missing (sharded over processes), then return the cache and {video: error} of failures."""
+def prepare_cache(cfg, gen, videos: list[Path], prompts: list[str], accelerator, console):
+    """Encode what is missing (sharded over processes), then return the cache and {video: error} of failures.
+    cfg: any config with AlignConfig's model, clip (num_frames, height, width, fps, resize), latent_cache,
+    cache_dir, output_dir and num_workers fields."""
     from videoalign.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents
     from videoalign.log import progress
 
@@ -206,6 +218,19 @@ def prepare_cache(cfg: AlignConfig, gen, videos: list[Path], prompts: list[str],
     accelerator.wait_for_everyone()
     errors = {v: e for v, e in cache.errors().items() if not cache.has_video(Path(v))}
     return cache, errors
+
+
+def drop_unencoded(data, items: list, videos_of, cache, errors: dict, problems: list[str]) -> list:
+    """The items whose videos are all in the cache; for each other item, a "<data> line N: <error>" problem."""
+    usable = []
+    for item in items:
+        bad = [errors.get(str(Path(v).resolve()), f"{v}: not encoded") for v in videos_of(item)
+               if not cache.has_video(v)]
+        if bad:
+            problems.append(f"{data} line {item.line}: {bad[0]}")
+        else:
+            usable.append(item)
+    return usable
 
 
 def write_metrics(path: Path, record: dict) -> None:
@@ -300,13 +325,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     items = objective.items
     videos = [v for item in items for v in objective.videos(item)]
     cache, errors = prepare_cache(cfg, gen, videos, [objective.prompt(i) for i in items], accelerator, console)
-    usable = [i for i in items if all(cache.has_video(v) for v in objective.videos(i))]
-    for item in items:
-        bad = [errors.get(str(Path(v).resolve()), f"{v}: not encoded") for v in objective.videos(item)
-               if not cache.has_video(v)]
-        if bad:
-            problems.append(f"{cfg.data} line {item.line}: {bad[0]}")
-    items = usable
+    items = drop_unencoded(cfg.data, items, objective.videos, cache, errors, problems)
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if main:
         for problem in problems:

@@ -1,0 +1,224 @@
+"""`videoalign bench speed guide`: seconds per Flow-NRG sampling step, guided against unguided, in one process.
+
+Both variants run the real sampler, `Generator.sample` with CFG, from the same seeds and text; guided adds
+`make_guidance_hook` with a latent reward model of k blocks built from the same transformer (REFERENCE.md 10.7).
+A thin timing wrapper around the velocity hook stamps the clock (after a device sync) each time the sampler reaches
+the hook; the time between two stamps is one whole step: the velocity (2 transformer forwards under CFG), the
+guidance (a forward and backward through the k reward blocks, in the guided variant) and the Euler update. The
+interval that starts at t = 1 (never guided) is dropped. Sample runs alternate guided / unguided and each variant
+reports its median step, so a slow spell of a shared machine hits both alike. Target: guided / unguided <= 1.5.
+
+It also checks where the gradient flows: backward hooks on the transformer's blocks and the reward model's blocks
+count calls, forward hooks count transformer forwards; the figures hold the counts, and the transformer's
+parameters must end with no .grad.
+
+Latents and text are random tensors of the right shapes (no VAE, no text encoder); the reward heads get small
+seeded random weights so the gradient is not zero.
+
+`--model wan2.1-1.3b-random` builds the Wan2.1-T2V-1.3B transformer from its config with random weights
+(bench_dpo's builder) and a k = 4 latent reward model from it: a GPU job (recipes/bench/speed_guide.yaml).
+
+1 process: videoalign bench speed guide --model tiny-random --output bench_guide.json
+1 GPU:     videoalign bench speed guide --recipe recipes/bench/speed_guide.yaml --output bench_guide.json
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from videoalign.commands.bench_dpo import TINY_RANDOM, WAN_1_3B_RANDOM
+
+#: (num_frames, height, width, k) when not set
+MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 1), WAN_1_3B_RANDOM: (81, 480, 832, 4)}
+TARGET_RATIO = 1.5
+
+
+@dataclass
+class SpeedGuideConfig:
+    #: JSON file for the figures (printed as well)
+    output: str | None = None
+    #: tiny-random, or wan2.1-1.3b-random: the Wan2.1-T2V-1.3B transformer built from its config, random weights
+    model: Literal["tiny-random", "wan2.1-1.3b-random"] = TINY_RANDOM
+    #: frames per clip, 4k+1 (null: 9 on tiny-random, 81 on wan2.1-1.3b-random)
+    num_frames: int | None = None
+    #: clip size, multiples of 16 (null: 32x32 on tiny-random, 480x832 on wan2.1-1.3b-random)
+    height: int | None = None
+    width: int | None = None
+    #: latent reward model blocks (null: 1 on tiny-random, 4 on wan2.1-1.3b-random)
+    k: int | None = None
+    #: sampling steps per run (2 + the timed steps: the step from t = 1 is never guided and not timed)
+    steps: int = 6
+    #: sample runs per variant (alternating); the first run of each is a warm-up and not timed
+    repeats: int = 4
+    #: samples per run
+    batch_size: int = 1
+    #: classifier-free guidance scale (5: two transformer forwards per step, as guide samples)
+    guidance_scale: float = 5.0
+    #: the guidance scale W of the guided variant (it does not change the work)
+    scale: float = 100.0
+    #: transformer dtype; auto = bfloat16 on CUDA, float32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    #: device: auto, cpu, cuda or cuda:N
+    device: str = "auto"
+    #: seeds the weights and the inputs
+    seed: int = 0
+    #: torch CPU threads (null: torch's default)
+    threads: int | None = None
+
+    def __post_init__(self):
+        from videoalign.generator import WAN
+
+        frames, height, width, k = MODEL_DEFAULTS[self.model]
+        self.num_frames = frames if self.num_frames is None else self.num_frames
+        self.height = height if self.height is None else self.height
+        self.width = width if self.width is None else self.width
+        self.k = k if self.k is None else self.k
+        if problem := WAN.check_frames(self.num_frames):
+            raise ValueError(f"num_frames: {problem}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value < WAN.spatial_multiple or value % WAN.spatial_multiple:
+                raise ValueError(f"{name}: Wan needs a multiple of {WAN.spatial_multiple}, got {value}")
+        if self.steps < 3:
+            raise ValueError(f"steps must be >= 3 (the first step is never guided), got {self.steps}")
+        for name in ("repeats", "batch_size", "k", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.repeats < 2:
+            raise ValueError(f"repeats must be >= 2 (the first run is a warm-up), got {self.repeats}")
+        if self.scale < 0:
+            raise ValueError(f"scale must be >= 0, got {self.scale}")
+
+
+def build_reward(transformer, k: int, seed: int):
+    """A k-block latent reward model (3 dims) from the transformer, with small random head weights."""
+    from videoalign.latent_reward import LatentRewardConfig, build_latent_reward
+
+    rm = build_latent_reward(transformer, LatentRewardConfig(k=k))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in rm.heads.values():
+            head.weight.copy_(0.01 * torch.randn(head.weight.shape, generator=g))
+    return rm.requires_grad_(False).eval()
+
+
+class CallCounter:
+    """Forward calls of a module and backward calls of its blocks (register_full_backward_hook)."""
+
+    def __init__(self, module: torch.nn.Module, blocks):
+        self.forwards = self.backwards = 0
+        self._handles = [module.register_forward_hook(lambda *_: self._forward())]
+        self._handles += [b.register_full_backward_hook(lambda *_: self._backward()) for b in blocks]
+
+    def _forward(self):
+        self.forwards += 1
+
+    def _backward(self):
+        self.backwards += 1
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook, device) -> list[float]:
+    """One sample run; returns the seconds of its steps 2 .. steps - 1 (module docstring)."""
+    from videoalign.commands.bench import _sync
+
+    stamps = []
+
+    def timing_hook(x, t, v):
+        _sync(device)
+        stamps.append(time.perf_counter())
+        return v if hook is None else hook(x, t, v)
+
+    gen.sample(text, seeds, shape, cfg.steps, None, cfg.guidance_scale, negative, velocity_hook=timing_hook)
+    # stamp i -> i + 1: the hook at t_i, the Euler update, the velocity at t_i+1. Dropped: the interval from t = 1
+    # (unguided) and the tail after the last stamp (no velocity follows it)
+    return [b - a for a, b in itertools.pairwise(stamps[1:])]
+
+
+def run_speed_guide(cfg: SpeedGuideConfig) -> int:
+    import dataclasses
+
+    from videoalign.commands.bench import report
+    from videoalign.commands.bench_dpo import build_template, resolve_device_dtype
+    from videoalign.guidance import make_guidance_hook
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device, dtype = resolve_device_dtype(cfg)
+    # 1. the transformer (bench_dpo's builder), the k-block reward model from it, seeded random inputs
+    template = build_template(cfg, dtype)
+    gen = dataclasses.replace(template, transformer=template.transformer.to(device))
+    rm = build_reward(gen.transformer, cfg.k, cfg.seed)
+    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
+                                    channels=int(gen.transformer.config.in_channels))
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    text_shape = (cfg.batch_size, gen.text_max_length, int(gen.transformer.config.text_dim))
+    text = torch.randn(text_shape, generator=g).to(device)
+    negative = torch.randn(text_shape, generator=g).to(device) if cfg.guidance_scale != 1.0 else None
+    seeds = [cfg.seed + i for i in range(cfg.batch_size)]
+    weights = [1.0] * len(rm.dims)
+    # 2. alternate unguided / guided runs, counting transformer forwards and block backwards per variant
+    times = {"unguided": [], "guided": []}
+    counts = {}
+    peak = {}
+    for repeat in range(cfg.repeats):
+        for name in ("unguided", "guided"):
+            hook = make_guidance_hook(rm, text, weights, cfg.scale) if name == "guided" else None
+            transformer_calls = CallCounter(gen.transformer, gen.transformer.blocks)
+            reward_calls = CallCounter(rm, rm.blocks)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            steps = timed_sample(gen, text, negative, seeds, shape, cfg, hook, device)
+            if device.type == "cuda":
+                peak[name] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+            transformer_calls.remove()
+            reward_calls.remove()
+            if repeat > 0:
+                times[name].extend(steps)
+            counts[name] = {"transformer_forwards_per_step": transformer_calls.forwards / cfg.steps,
+                            "transformer_block_backwards": transformer_calls.backwards,
+                            "reward_forwards": reward_calls.forwards,
+                            "reward_block_backwards": reward_calls.backwards}
+    grads = [n for n, p in gen.transformer.named_parameters() if p.grad is not None]
+    grads += [n for n, p in rm.named_parameters() if p.grad is not None]
+    if grads:  # the guidance takes input gradients only
+        raise RuntimeError(f"guidance left parameter gradients ({grads[0]}, ...)")
+    unguided, guided = statistics.median(times["unguided"]), statistics.median(times["guided"])
+    ratio = guided / unguided
+    figures = {
+        "benchmark": "speed/guide",
+        "model": cfg.model,
+        "num_frames": cfg.num_frames,
+        "height": cfg.height,
+        "width": cfg.width,
+        "latent_shape": [cfg.batch_size, *shape],
+        "k": cfg.k,
+        "transformer_blocks": len(gen.transformer.blocks),
+        "steps_per_run": cfg.steps,
+        "steps_timed": {k: len(v) for k, v in times.items()},
+        "guidance_scale": cfg.guidance_scale,
+        "scale": cfg.scale,
+        "dtype": dtype,
+        "device": str(device),
+        "unguided": {"step_s": round(unguided, 5), "step_s_min": round(min(times["unguided"]), 5),
+                     **counts["unguided"], **({"peak_mb": peak["unguided"]} if peak else {})},
+        "guided": {"step_s": round(guided, 5), "step_s_min": round(min(times["guided"]), 5),
+                   **counts["guided"], **({"peak_mb": peak["guided"]} if peak else {})},
+        "time_ratio": round(ratio, 4),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio <= TARGET_RATIO,
+        "parameter_grads": 0,
+        "method": "median seconds between consecutive arrivals of the sampler at the velocity hook (device-synced), "
+                  "the step from t = 1 dropped; runs alternate unguided / guided, the first of each untimed",
+    }
+    report(figures, cfg.output)
+    return 0

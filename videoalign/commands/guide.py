@@ -1,0 +1,369 @@
+"""`videoalign guide`: Flow-NRG sampling, steered at inference by a noisy-latent reward model (REFERENCE.md 10.7).
+
+Every Euler step shifts the CFG velocity by the reward gradient of the latent reward model (guidance.py):
+`v <- v - W * t / (1 - t) * grad_x sum_d lambda_d r_phi,d(x_t, t, c)`, except at t = 1. The gradient runs
+through the latent reward model's k blocks only, never through the video transformer or the VAE.
+
+Outputs in `output_dir`, per prompt i (its position in the prompt list after `limit`; it samples with seed + i):
+    <i:05d>.mp4            the guided video
+    <i:05d>-compare.mp4    with --compare: guided | unguided (same seed) side by side
+    <i:05d>-strip.png      with --compare: a few frames, guided above unguided
+    guide.jsonl            one line per prompt: index, prompt, seed, video, weights, scale, trajectory (the latent
+                           reward of the latents entering every step: t, weighted, rewards per dim, grad_rms),
+                           final_reward (of the clean result, t = 0), latents_sha1 (of the final latents), and with
+                           --compare a `compare` object with the same fields for the unguided sample
+    guide.config.yaml      the resolved config: a rerun with other settings is refused
+Prompts are sharded over processes (prompts[rank::world]). Each rank appends its finished lines to
+`guide.jsonl.parts/rank<r>.jsonl` (one write + fsync per batch); at the end rank 0 merges them into guide.jsonl in
+prompt order. A rerun skips prompts already done (same index and prompt, videos present), as `score` does.
+
+1 GPU:  videoalign guide --recipe recipes/guide/wan2_1_t2v_1_3b.yaml --latent-rm runs/latent_rm/final --weights 0.1:0.1:0.8
+N GPUs: accelerate launch --num_processes N -m videoalign guide --recipe recipes/guide/wan2_1_t2v_1_3b.yaml --latent-rm runs/latent_rm/final
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from videoalign.config import config_to_dict
+from videoalign.generator import DEFAULT_MODEL
+
+OUTPUT = "guide.jsonl"
+CONFIG = "guide.config.yaml"
+#: settings that change the outputs: an output_dir written with other values cannot be resumed into
+GUIDE_SETTINGS = ("model", "latent_rm", "weights", "scale", "guidance_scale", "negative_prompt", "steps", "seed",
+                  "num_frames", "height", "width", "fps", "shift", "dtype")
+#: clip size when neither the config nor the latent reward model's config.json gives one (Wan2.1 480p)
+DEFAULT_SHAPE = (81, 480, 832)
+
+
+@dataclass
+class GuideConfig:
+    #: one prompt to sample (or use prompts)
+    prompt: str | None = None
+    #: prompt file: a CSV with a `prompt` column (../shared/data/eval_prompts/*.csv) or a .txt, one prompt a line
+    prompts: str | None = None
+    #: sample only the first N prompts of the file
+    limit: int | None = None
+    #: the video model: a diffusers folder, a hub id or tiny-random
+    model: str = DEFAULT_MODEL
+    #: latent reward model folder (save_latent_reward / train-latent-rm's output); required unless scale is 0
+    latent_rm: str | None = None
+    #: per-dimension weights lambda in the latent reward model's dims order, "0.1:0.1:0.8", or "TA=1"; null = 1 each
+    weights: str | None = None
+    #: guidance scale W (paper Table 5: 100); 0 = the plain sampler
+    scale: float = 100.0
+    #: classifier-free guidance scale (1 = no negative branch)
+    guidance_scale: float = 5.0
+    negative_prompt: str = ""
+    #: Euler sampling steps
+    steps: int = 50
+    #: prompt i is sampled from seed + i (its position in the prompt list), whatever the sharding or batching
+    seed: int = 0
+    #: frames, 4k+1 (null: the latent reward model's recorded shape, else 81)
+    num_frames: int | None = None
+    #: clip size, multiples of 16 (null: the latent reward model's recorded shape, else 480 x 832)
+    height: int | None = None
+    width: int | None = None
+    #: frames per second written into the mp4s
+    fps: float = 16.0
+    #: flow shift of the sampling times (null: the family's, 3.0 for Wan)
+    shift: float | None = None
+    #: transformer and text encoder dtype; auto = bfloat16 on CUDA, float32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    #: auto, cpu, cuda or cuda:N (under accelerate launch each process uses its own device)
+    device: str = "auto"
+    #: videos, guide.jsonl and guide.config.yaml go here; a rerun resumes
+    output_dir: str = "runs/guide"
+    #: also sample without guidance from the same seed: side-by-side mp4 and a PNG strip
+    compare: bool = False
+    #: prompts sampled together per process (rows do not interact; seeds are per prompt)
+    batch_size: int = 1
+    #: frames in each row of the --compare PNG strip
+    strip_frames: int = 4
+
+    def __post_init__(self):
+        from videoalign.generator import family_of
+
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("prompt / prompts: give exactly one, --prompt \"...\" or --prompts FILE (.csv or .txt)")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt: empty; give the text to sample")
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            raise ValueError(f"prompts: {self.prompts}: no such file; give a CSV with a prompt column or a .txt")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0 (the guidance scale W; 0 = unguided), got "
+                             f"{self.scale}")
+        if self.scale != 0 and not self.latent_rm:
+            raise ValueError("latent_rm is required when scale > 0: pass --latent-rm FOLDER (from train-latent-rm), "
+                             "or --scale 0 for plain sampling")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        for name in ("steps", "batch_size", "strip_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.shift is not None and self.shift <= 0:
+            raise ValueError(f"shift must be positive, got {self.shift}")
+        family = family_of(self.model)
+        if self.dtype in family.refused_dtypes:
+            raise ValueError(f"dtype {self.dtype}: {family.refused_dtypes[self.dtype]}")
+        if self.num_frames is not None and (problem := family.check_frames(self.num_frames)):
+            raise ValueError(f"num_frames: {problem}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < family.spatial_multiple or value % family.spatial_multiple):
+                raise ValueError(f"{name}: {family.name} needs a multiple of {family.spatial_multiple}, got {value}")
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+def read_prompts(cfg: GuideConfig) -> list[str]:
+    """The prompt list: --prompt, or the file's (CSV `prompt` column / .txt lines, blank lines skipped), first
+    `limit`."""
+    if cfg.prompt is not None:
+        prompts = [cfg.prompt]
+    else:
+        from videoalign.data import read_prompt_file
+
+        prompts = read_prompt_file(cfg.prompts)
+    return prompts[:cfg.limit] if cfg.limit else prompts
+
+
+def recorded_shape(latent_rm: str | None) -> tuple[int | None, int | None, int | None]:
+    """(num_frames, height, width) from the latent reward model's config.json, where it records them."""
+    if not latent_rm:
+        return None, None, None
+    path = Path(latent_rm)
+    meta_file = (path.parent if path.is_file() else path) / "config.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return None, None, None
+    return tuple(meta.get(k) for k in ("num_frames", "height", "width"))
+
+
+def resolve_shape(cfg: GuideConfig) -> GuideConfig:
+    """Fill num_frames/height/width from the latent reward model, else DEFAULT_SHAPE (re-validated)."""
+    recorded = recorded_shape(cfg.latent_rm)
+    values = {}
+    for name, rec, default in zip(("num_frames", "height", "width"), recorded, DEFAULT_SHAPE):
+        values[name] = getattr(cfg, name) if getattr(cfg, name) is not None else (rec or default)
+    return dataclasses.replace(cfg, **values)
+
+
+def load_reward(cfg: GuideConfig, device):
+    """(latent reward model or None, weights {dim: lambda} or None). Errors name the field and what it expects."""
+    from videoalign.guidance import parse_guidance_weights
+    from videoalign.latent_reward import load_latent_reward
+
+    if not cfg.latent_rm:
+        return None, None
+    if not Path(cfg.latent_rm).exists():
+        raise ValueError(f"latent_rm: {cfg.latent_rm}: no such folder; pass the output of train-latent-rm")
+    rm = load_latent_reward(cfg.latent_rm, device=device).requires_grad_(False)
+    text = cfg.weights if cfg.weights is not None else ":".join(["1"] * len(rm.dims))
+    try:
+        weights = parse_guidance_weights(text, rm.dims)
+    except ValueError as exc:
+        raise ValueError(f"weights: the latent reward model has dims {':'.join(rm.dims)}; {exc}") from None
+    return rm, weights
+
+
+def check_compatible(rm, gen, cfg: GuideConfig) -> None:
+    """The latent reward model must read this generator's latents and text states (raises with expected vs got)."""
+    channels = int(gen.transformer.config.in_channels)
+    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width, channels=channels)
+    try:
+        rm.check_compatible(shape, int(gen.transformer.config.text_dim))
+    except ValueError as exc:
+        raise ValueError(f"latent_rm {cfg.latent_rm} does not fit the video model {cfg.model}: {exc}") from None
+
+
+# -- resuming -------------------------------------------------------------------------------------------------
+
+def check_resumable(out: Path, cfg: GuideConfig) -> None:
+    """Refuse to mix videos made with other settings in one output_dir."""
+    import yaml
+
+    from videoalign.commands.score import parts_dir
+
+    saved_path = out / CONFIG
+    output = out / OUTPUT
+    if not saved_path.is_file() or not (output.is_file() or parts_dir(output).is_dir()):
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    changed = [k for k in GUIDE_SETTINGS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ValueError(f"{out} holds videos made with other settings ({diffs}); use a new --output-dir or the "
+                         "same settings to resume")
+
+
+def load_done(output: Path) -> dict[int, dict]:
+    """Lines already written (the final file, then an interrupted run's parts), latest per index."""
+    from videoalign.commands.score import parts_dir
+    from videoalign.data import read_jsonl
+
+    done: dict[int, dict] = {}
+    for source in [output, *sorted(parts_dir(output).glob("*.jsonl"))]:
+        for record in read_jsonl(source):
+            done[int(record["index"])] = record
+    return done
+
+
+def is_done(index: int, prompt: str, done: dict[int, dict], out: Path, compare: bool) -> bool:
+    record = done.get(index)
+    if record is None or record.get("prompt") != prompt or not (out / record["video"]).is_file():
+        return False
+    return not compare or ("compare" in record and all((out / record["compare"][k]).is_file()
+                                                        for k in ("video", "side_by_side", "strip")))
+
+
+# -- sampling -------------------------------------------------------------------------------------------------
+
+def latents_sha1(x) -> str:
+    """A fingerprint of one sample's final latents (float32 bytes): equal fingerprints = bit-identical samples."""
+    return hashlib.sha1(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def sample_batch(gen, rm, weights, text, negative, seeds: list[int], shape, cfg: GuideConfig, scale: float):
+    """Sample one batch with guidance scale `scale`: (latents (B, C, F', H', W'), per-row trajectories,
+    per-row final rewards). Without a latent reward model: plain sampling, empty trajectories, no rewards."""
+    import torch
+
+    from videoalign.guidance import make_guidance_hook
+
+    record = [] if rm is not None else None
+    hook = make_guidance_hook(rm, text, weights, scale, record=record) if rm is not None else None
+    x0 = gen.sample(text, seeds, shape, cfg.steps, cfg.shift, cfg.guidance_scale, negative, velocity_hook=hook)
+    batch = len(seeds)
+    if rm is None:
+        return x0, [[] for _ in range(batch)], [None] * batch
+    trajectories = [[{"t": step["t"], "weighted": step["weighted"][b],
+                      "rewards": {d: v[b] for d, v in step["rewards"].items()}, "grad_rms": step["grad_rms"][b]}
+                     for step in record] for b in range(batch)]
+    device = next(rm.parameters()).device
+    with torch.no_grad():
+        rewards = rm(x0.to(device), 0.0, text.to(device)).float().cpu()  # (B, D) at t = 0
+    w = torch.tensor([weights[d] for d in rm.dims])
+    finals = [{"weighted": float((rewards[b] * w).sum()), "rewards": dict(zip(rm.dims, rewards[b].tolist()))}
+              for b in range(batch)]
+    return x0, trajectories, finals
+
+
+def guide_batch(gen, rm, weights, items: list[tuple[int, str]], cfg: GuideConfig, out: Path, negative_row):
+    """Sample, decode and write the videos of `items` [(index, prompt)]; returns their JSON lines."""
+    import torch
+
+    from videoalign.video import write_video
+
+    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
+                                    channels=int(gen.transformer.config.in_channels))
+    text = gen.pad_text(gen.encode_prompts([p for _, p in items]))  # (B, L, D) float32
+    use_cfg = cfg.guidance_scale != 1.0
+    negative = negative_row.expand(len(items), *negative_row.shape[1:]) if use_cfg else None
+    seeds = [cfg.seed + index for index, _ in items]
+    # 1. guided (scale 0 = the plain sampler, still recording the latent reward along the way)
+    x0, trajectories, finals = sample_batch(gen, rm, weights, text, negative, seeds, shape, cfg, cfg.scale)
+    frames = gen.decode(x0)  # (B, F, H, W, 3) uint8
+    # 2. with --compare: unguided from the same seeds
+    if cfg.compare:
+        plain, plain_traj, plain_finals = sample_batch(gen, rm, weights, text, negative, seeds, shape, cfg, 0.0)
+        plain_frames = gen.decode(plain)
+    lines = []
+    for b, (index, prompt) in enumerate(items):
+        name = f"{index:05d}"
+        write_video(out / f"{name}.mp4", frames[b], cfg.fps)
+        line = {"index": index, "prompt": prompt, "seed": seeds[b], "video": f"{name}.mp4", "weights": weights,
+                "scale": cfg.scale, "trajectory": trajectories[b], "final_reward": finals[b],
+                "latents_sha1": latents_sha1(x0[b])}
+        if cfg.compare:
+            from videoalign.plots import frame_strip
+
+            write_video(out / f"{name}-unguided.mp4", plain_frames[b], cfg.fps)
+            write_video(out / f"{name}-compare.mp4", torch.cat([frames[b], plain_frames[b]], dim=2), cfg.fps)
+            frame_strip({f"guided (W={cfg.scale:g})": frames[b].numpy(), "unguided": plain_frames[b].numpy()},
+                        out / f"{name}-strip.png", cfg.strip_frames, title=prompt[:90])
+            line["compare"] = {"video": f"{name}-unguided.mp4", "side_by_side": f"{name}-compare.mp4",
+                               "strip": f"{name}-strip.png", "trajectory": plain_traj[b],
+                               "final_reward": plain_finals[b], "latents_sha1": latents_sha1(plain[b])}
+        lines.append(line)
+    return lines
+
+
+def run(cfg: GuideConfig) -> int:
+    import torch
+    import yaml
+
+    from videoalign.commands.score import parts_dir
+    from videoalign.data import append_jsonl, write_atomic, write_jsonl_atomic
+    from videoalign.distributed import make_accelerator, shard
+    from videoalign.generator import load_generator
+    from videoalign.log import console, progress
+
+    # 1. everything that can fail at once, before any sampling
+    cfg = resolve_shape(cfg)
+    prompts = read_prompts(cfg)
+    if not prompts:
+        raise ValueError(f"prompts: {cfg.prompts} holds no prompts")
+    accelerator = make_accelerator(cfg.device)
+    device = accelerator.device
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    cfg = dataclasses.replace(cfg, dtype=dtype)
+    rm, weights = load_reward(cfg, device)
+    out = Path(cfg.output_dir)
+    output = out / OUTPUT
+    check_resumable(out, cfg)
+    gen = load_generator(cfg.model, dtype, device)
+    if rm is not None:
+        check_compatible(rm, gen, cfg)
+
+    # 2. what is left to do, sharded round-robin
+    rank, world = accelerator.process_index, accelerator.num_processes
+    done = load_done(output)
+    items = list(enumerate(prompts))
+    pending = [(i, p) for i, p in items if not is_done(i, p, done, out, cfg.compare)]
+    mine = shard(pending, rank, world)
+    accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 writes the config
+    if accelerator.is_main_process:
+        write_atomic(out / CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        console.print(f"{len(items)} prompts: {len(items) - len(pending)} already done, {len(pending)} to sample "
+                      f"on {world} process(es); W = {cfg.scale:g}, weights {weights}", highlight=False)
+
+    # 3. sample, decode, write; each batch's lines go to this rank's part file at once
+    part = parts_dir(output) / f"rank{rank}.jsonl"
+    negative = None
+    if mine and cfg.guidance_scale != 1.0:
+        negative = gen.pad_text(gen.encode_prompts([cfg.negative_prompt]))  # (1, L, D)
+    with progress(len(mine), "guided sampling", enabled=accelerator.is_main_process) as bar, torch.no_grad():
+        for start in range(0, len(mine), cfg.batch_size):
+            chunk = mine[start:start + cfg.batch_size]
+            append_jsonl(part, guide_batch(gen, rm, weights, chunk, cfg, out, negative))
+            bar.advance(len(chunk))
+    accelerator.wait_for_everyone()
+
+    # 4. rank 0 merges everything into guide.jsonl in prompt order (other indices kept after)
+    if accelerator.is_main_process:
+        merged = load_done(output)
+        ordered = [merged[i] for i, _ in items if i in merged]
+        extra = [r for i, r in sorted(merged.items()) if i >= len(items)]
+        write_jsonl_atomic(output, ordered + extra)
+        if parts_dir(output).is_dir():
+            for f in parts_dir(output).glob("*.jsonl"):
+                f.unlink()
+            parts_dir(output).rmdir()
+        summary = [r["final_reward"]["weighted"] for r in ordered if r.get("final_reward")]
+        mean = f", mean final weighted latent reward {sum(summary) / len(summary):.4f}" if summary else ""
+        console.print(f"wrote {len(ordered)} videos and {output}{mean}", highlight=False)
+    accelerator.wait_for_everyone()
+    return 0
