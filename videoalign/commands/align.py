@@ -34,7 +34,9 @@ class LoraSettings:
 
 
 @dataclass
-class AlignConfig:
+class ClipDataConfig:
+    """Fields shared by the commands that train on cached latents of a pair file (dpo, rwr, train-latent-rm)."""
+
     #: pair file: relabel's pairs JSONL or a reference pair CSV (rwr also takes score's JSONL)
     data: str | None = None
     #: folder the data file's relative video paths are relative to (default: the file's folder)
@@ -58,6 +60,10 @@ class AlignConfig:
     fps: float | None = None
     #: crop = scale to cover and centre-crop; stretch = resize to height x width
     resize: Literal["crop", "stretch"] = "crop"
+
+
+@dataclass
+class AlignConfig(ClipDataConfig):
     lora: LoraSettings = field(default_factory=LoraSettings)
     #: AdamW learning rate (paper: 5e-6); >= 1e-4 has collapsed LoRA DPO runs
     learning_rate: float = 5e-6

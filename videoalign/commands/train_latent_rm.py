@@ -32,35 +32,17 @@ from typing import Literal
 
 import torch
 
-from videoalign.generator import DEFAULT_MODEL
+from videoalign.commands.align import ClipDataConfig
 from videoalign.latent_reward import LatentRewardConfig
 
 
 @dataclass
-class TrainLatentRmConfig:
-    #: pair file with per-dimension labels: relabel's pairs JSONL (A = chosen) or a reference pair CSV (A/B/same)
-    data: str | None = None
-    #: folder the data files' relative video paths are relative to (default: each file's folder)
-    videos_root: str | None = None
+class TrainLatentRmConfig(ClipDataConfig):
+    """data: pairs with per-dimension labels (relabel's pairs JSONL, A = chosen, or a reference pair CSV, A/B/same);
+    the latent cache is shared with dpo/rwr runs of the same clip spec."""
+
     #: where metrics.jsonl, eval.json, eval.png, checkpoints/ and final/ go
     output_dir: str = "runs/latent_rm"
-    #: latent cache folder (default: <output_dir>/cache); share one with dpo/rwr runs of the same clip spec
-    cache_dir: str | None = None
-    #: false = encode every clip and prompt on the fly at every step (no cache)
-    latent_cache: bool = True
-    #: diffusers text-to-video model whose transformer the reward model is built from: hub id, folder, tiny-random
-    model: str = DEFAULT_MODEL
-    #: dtype the generator loads in (the trainable weights are kept in float32); float16 is refused for Wan
-    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
-    #: frames per training clip; Wan needs 4k+1
-    num_frames: int = 81
-    #: training resolution (multiples of 16); guidance must sample at a latent size the model accepts
-    height: int = 480
-    width: int = 832
-    #: frame rate the clips are read at (null: consecutive source frames)
-    fps: float | None = None
-    #: crop = scale to cover and centre-crop; stretch = resize to height x width
-    resize: Literal["crop", "stretch"] = "crop"
     #: the reward model: k blocks, dims, freeze_backbone, pooling, head_hidden
     reward: LatentRewardConfig = field(default_factory=LatentRewardConfig)
     #: AdamW learning rate (paper Table 11: Adam, 5e-6)
