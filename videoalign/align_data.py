@@ -98,7 +98,8 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _jsonl_pair(row, root: Path, weights, n: int) -> PreferencePair:
+def _pair_row_prompt(row) -> str:
+    """The prompt of a relabel pair line, after the checks every pair line needs (DataError otherwise)."""
     if isinstance(row, Exception):
         raise DataError(f"not valid JSON ({row.msg} at column {row.colno})")
     if not isinstance(row, dict):
@@ -108,6 +109,11 @@ def _jsonl_pair(row, root: Path, weights, n: int) -> PreferencePair:
     prompt = row["prompt"]
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError("empty prompt")
+    return prompt
+
+
+def _jsonl_pair(row, root: Path, weights, n: int) -> PreferencePair:
+    prompt = _pair_row_prompt(row)
     rewards = [None, None]
     scores = row.get("scores")
     if scores:
@@ -241,15 +247,7 @@ def read_labelled_latent_pairs(source: str | Path, videos_root: str | Path | Non
 def _jsonl_labelled(row, root: Path, n: int, dims) -> LabelledPair:
     from videoalign.losses import INVALID
 
-    if isinstance(row, Exception):
-        raise DataError(f"not valid JSON ({row.msg} at column {row.colno})")
-    if not isinstance(row, dict):
-        raise DataError("not a JSON object")
-    if "error" in row and "chosen" not in row:
-        raise DataError(f"relabel could not score {row.get('video', 'a video')} ({row['error']})")
-    prompt = row["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError("empty prompt")
+    prompt = _pair_row_prompt(row)
     a, b = _resolve(root, row["chosen"]), _resolve(root, row["rejected"])
     given = row.get("labels")
     if isinstance(given, dict):

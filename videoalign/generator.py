@@ -58,6 +58,14 @@ class Family:
                     f"{self.temporal_factor * k + 1}")
         return None
 
+    def check_clip(self, num_frames: int | None, height: int | None, width: int | None) -> None:
+        """Raise a ValueError naming the field when a clip size does not fit the VAE and patching (None: unset)."""
+        if num_frames is not None and (problem := self.check_frames(num_frames)):
+            raise ValueError(f"num_frames: {problem}")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (value < self.spatial_multiple or value % self.spatial_multiple):
+                raise ValueError(f"{name}: {self.name} needs a multiple of {self.spatial_multiple}, got {value}")
+
     def check_lora_targets(self, targets: list[str]) -> str | None:
         bad = [t for t in targets if not any(m == _block_relative(t) or m.endswith("." + _block_relative(t))
                                              for m in self.lora_modules)]

@@ -137,12 +137,7 @@ def check_training_fields(cfg, positive: tuple[str, ...]):
     family = family_of(cfg.model)
     if cfg.dtype in family.refused_dtypes:
         raise ValueError(f"dtype: {family.refused_dtypes[cfg.dtype]}")
-    if problem := family.check_frames(cfg.num_frames):
-        raise ValueError(f"num_frames: {problem}")
-    for name in ("height", "width"):
-        value = getattr(cfg, name)
-        if value < family.spatial_multiple or value % family.spatial_multiple:
-            raise ValueError(f"{name}: {family.name} needs a multiple of {family.spatial_multiple}, got {value}")
+    family.check_clip(cfg.num_frames, cfg.height, cfg.width)
     return family
 
 

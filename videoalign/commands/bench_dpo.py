@@ -99,12 +99,7 @@ class SpeedDpoConfig:
         self.height = height if self.height is None else self.height
         self.width = width if self.width is None else self.width
         self.lora_rank = rank if self.lora_rank is None else self.lora_rank
-        if problem := WAN.check_frames(self.num_frames):
-            raise ValueError(f"num_frames: {problem}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value < WAN.spatial_multiple or value % WAN.spatial_multiple:
-                raise ValueError(f"{name}: Wan needs a multiple of {WAN.spatial_multiple}, got {value}")
+        WAN.check_clip(self.num_frames, self.height, self.width)
         for name in ("batch_size", "steps", "lora_rank", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -79,12 +79,7 @@ class SpeedGuideConfig:
         self.height = height if self.height is None else self.height
         self.width = width if self.width is None else self.width
         self.k = k if self.k is None else self.k
-        if problem := WAN.check_frames(self.num_frames):
-            raise ValueError(f"num_frames: {problem}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value < WAN.spatial_multiple or value % WAN.spatial_multiple:
-                raise ValueError(f"{name}: Wan needs a multiple of {WAN.spatial_multiple}, got {value}")
+        WAN.check_clip(self.num_frames, self.height, self.width)
         if self.steps < 3:
             raise ValueError(f"steps must be >= 3 (the first step is never guided), got {self.steps}")
         for name in ("repeats", "batch_size", "k", "threads"):

@@ -117,12 +117,7 @@ class GuideConfig:
         family = family_of(self.model)
         if self.dtype in family.refused_dtypes:
             raise ValueError(f"dtype {self.dtype}: {family.refused_dtypes[self.dtype]}")
-        if self.num_frames is not None and (problem := family.check_frames(self.num_frames)):
-            raise ValueError(f"num_frames: {problem}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value < family.spatial_multiple or value % family.spatial_multiple):
-                raise ValueError(f"{name}: {family.name} needs a multiple of {family.spatial_multiple}, got {value}")
+        family.check_clip(self.num_frames, self.height, self.width)
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
