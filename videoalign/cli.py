@@ -475,7 +475,8 @@ def bench_speed_guide(
     num_frames: Optional[int] = typer.Option(None, help="Frames per clip, 4k+1 (default: 9 tiny, 81 Wan)."),
     height: Optional[int] = typer.Option(None, help="Clip height, a multiple of 16."),
     width: Optional[int] = typer.Option(None, help="Clip width, a multiple of 16."),
-    k: Optional[int] = typer.Option(None, "--k", help="Latent reward model blocks (default: 1 tiny, 4 Wan)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Latent reward model blocks (default 4)."),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", help="tiny-random's depth (default 30, as Wan2.1-1.3B)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps per run (the first is not timed)."),
     repeats: Optional[int] = typer.Option(None, help="Runs per variant, alternating; the first is a warm-up."),
     dtype: Optional[str] = typer.Option(None, help="auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."),
@@ -491,7 +492,7 @@ def bench_speed_guide(
     """
     from videoalign.commands.bench_guide import SpeedGuideConfig, run_speed_guide
 
-    flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width, k=k, steps=steps,
-                 repeats=repeats, dtype=dtype, device=device)
+    flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width, k=k,
+                 num_layers=num_layers, steps=steps, repeats=repeats, dtype=dtype, device=device)
     cfg = _resolve(SpeedGuideConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run_speed_guide, cfg))

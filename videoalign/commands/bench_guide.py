@@ -8,12 +8,20 @@ guidance (a forward and backward through the k reward blocks, in the guided vari
 interval that starts at t = 1 (never guided) is dropped. Sample runs alternate guided / unguided and each variant
 reports its median step, so a slow spell of a shared machine hits both alike. Target: guided / unguided <= 1.5.
 
-It also checks where the gradient flows: backward hooks on the transformer's blocks and the reward model's blocks
-count calls, forward hooks count transformer forwards; the figures hold the counts, and the transformer's
+It also checks where the gradient flows: in the untimed first run of each variant, backward hooks on the
+transformer's blocks and the reward model's blocks count calls, forward hooks count transformer forwards; the
+figures hold the counts, and the transformer's
 parameters must end with no .grad.
 
 Latents and text are random tensors of the right shapes (no VAE, no text encoder); the reward heads get small
 seeded random weights so the gradient is not zero.
+
+The ratio is set by the share of the transformer that the reward model repeats: k blocks forward and backward
+(about 3k block-passes) against 2 x num_layers block-passes of the CFG forward. `--model tiny-random` therefore
+builds tiny-random's transformer (width 32) at the real model's depth, 30 blocks with k = 4 (`num_layers`, `k`),
+so the miniature keeps Wan2.1-1.3B's proportion. tiny-random's own 2 blocks with k = 1 put half the transformer
+in the reward model; that configuration (`--set num_layers=2 --set k=1`) measures about 2.2x on 2 CPU cores,
+above the 1.5x target whatever the implementation (3 block-passes against 4 even when compute-bound).
 
 `--model wan2.1-1.3b-random` builds the Wan2.1-T2V-1.3B transformer from its config with random weights
 (bench_dpo's builder) and a k = 4 latent reward model from it: a GPU job (recipes/bench/speed_guide.yaml).
@@ -34,8 +42,8 @@ import torch
 
 from videoalign.commands.bench_dpo import TINY_RANDOM, WAN_1_3B_RANDOM
 
-#: (num_frames, height, width, k) when not set
-MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 1), WAN_1_3B_RANDOM: (81, 480, 832, 4)}
+#: (num_frames, height, width, k, num_layers) when not set
+MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 4, 30), WAN_1_3B_RANDOM: (81, 480, 832, 4, 30)}
 TARGET_RATIO = 1.5
 
 
@@ -50,8 +58,11 @@ class SpeedGuideConfig:
     #: clip size, multiples of 16 (null: 32x32 on tiny-random, 480x832 on wan2.1-1.3b-random)
     height: int | None = None
     width: int | None = None
-    #: latent reward model blocks (null: 1 on tiny-random, 4 on wan2.1-1.3b-random)
+    #: latent reward model blocks (null: 4, the real recipe's k)
     k: int | None = None
+    #: transformer blocks of tiny-random's transformer (null: 30, Wan2.1-1.3B's depth; 2 = tiny-random as the
+    #: tests use it); wan2.1-1.3b-random always has its 30
+    num_layers: int | None = None
     #: sampling steps per run (2 + the timed steps: the step from t = 1 is never guided and not timed)
     steps: int = 6
     #: sample runs per variant (alternating); the first run of each is a warm-up and not timed
@@ -74,21 +85,42 @@ class SpeedGuideConfig:
     def __post_init__(self):
         from videoalign.generator import WAN
 
-        frames, height, width, k = MODEL_DEFAULTS[self.model]
+        frames, height, width, k, layers = MODEL_DEFAULTS[self.model]
         self.num_frames = frames if self.num_frames is None else self.num_frames
         self.height = height if self.height is None else self.height
         self.width = width if self.width is None else self.width
         self.k = k if self.k is None else self.k
+        if self.model != TINY_RANDOM and self.num_layers not in (None, layers):
+            raise ValueError(f"num_layers: {self.model} has {layers} blocks; num_layers applies to tiny-random only")
+        self.num_layers = layers if self.num_layers is None else self.num_layers
         WAN.check_clip(self.num_frames, self.height, self.width)
         if self.steps < 3:
             raise ValueError(f"steps must be >= 3 (the first step is never guided), got {self.steps}")
-        for name in ("repeats", "batch_size", "k", "threads"):
+        for name in ("repeats", "batch_size", "k", "num_layers", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.repeats < 2:
             raise ValueError(f"repeats must be >= 2 (the first run is a warm-up), got {self.repeats}")
+        if self.k > self.num_layers:
+            raise ValueError(f"k = {self.k} is larger than the transformer's {self.num_layers} blocks")
         if self.scale < 0:
             raise ValueError(f"scale must be >= 0, got {self.scale}")
+
+
+def tiny_at_depth(template, num_layers: int, seed: int):
+    """template with tiny-random's transformer rebuilt (same config, seeded random weights) at num_layers blocks;
+    the template itself when it already has them."""
+    import dataclasses
+
+    from diffusers import WanTransformer3DModel
+
+    transformer = template.transformer
+    if len(transformer.blocks) == num_layers:
+        return template
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    deeper = WanTransformer3DModel(**{**config, "num_layers": num_layers}).to(template.dtype)
+    return dataclasses.replace(template, transformer=deeper.requires_grad_(False).eval())
 
 
 def build_reward(transformer, k: int, seed: int):
@@ -151,6 +183,8 @@ def run_speed_guide(cfg: SpeedGuideConfig) -> int:
     device, dtype = resolve_device_dtype(cfg)
     # 1. the transformer (bench_dpo's builder), the k-block reward model from it, seeded random inputs
     template = build_template(cfg, dtype)
+    if cfg.model == TINY_RANDOM:
+        template = tiny_at_depth(template, cfg.num_layers, cfg.seed)
     gen = dataclasses.replace(template, transformer=template.transformer.to(device))
     rm = build_reward(gen.transformer, cfg.k, cfg.seed)
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
@@ -168,17 +202,19 @@ def run_speed_guide(cfg: SpeedGuideConfig) -> int:
     for repeat in range(cfg.repeats):
         for name in ("unguided", "guided"):
             hook = make_guidance_hook(rm, text, weights, cfg.scale) if name == "guided" else None
-            transformer_calls = CallCounter(gen.transformer, gen.transformer.blocks)
-            reward_calls = CallCounter(rm, rm.blocks)
+            if repeat == 0:  # the untimed warm-up run counts the calls (the hooks cost ~7 % of a tiny step)
+                transformer_calls = CallCounter(gen.transformer, gen.transformer.blocks)
+                reward_calls = CallCounter(rm, rm.blocks)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             steps = timed_sample(gen, text, negative, seeds, shape, cfg, hook, device)
             if device.type == "cuda":
                 peak[name] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-            transformer_calls.remove()
-            reward_calls.remove()
             if repeat > 0:
                 times[name].extend(steps)
+                continue
+            transformer_calls.remove()
+            reward_calls.remove()
             counts[name] = {"transformer_forwards_per_step": transformer_calls.forwards / cfg.steps,
                             "transformer_block_backwards": transformer_calls.backwards,
                             "reward_forwards": reward_calls.forwards,
