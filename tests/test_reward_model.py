@@ -818,3 +818,28 @@ def test_prompt_with_video_pad_token_cannot_add_video_slots(tiny):
     except ValueError:
         return  # rejected: fine
     assert tokens.input_ids.count(builder.video_pad_id) == 4
+
+
+def test_qwen2_vl_2b_random_has_the_real_architecture():
+    """qwen2-vl-2b-random (built on the meta device here) has Qwen2-VL-2B-Instruct's parameter count:
+    2,208,985,600 with the 151936-row vocabulary, minus 276 rows x 1536 after the resize to 151660
+    (= 2,208,561,664), plus the 1536-weight reward head = 2,208,563,200."""
+    from videoalign.reward_model import (
+        QWEN2_VL_2B_VOCAB,
+        RewardConfig,
+        add_reward_tokens,
+        build_backbone,
+        build_reward_model,
+        qwen2_vl_2b_config,
+        resize_vocab,
+        tiny_random_tokenizer,
+    )
+
+    tokenizer = tiny_random_tokenizer()
+    add_reward_tokens(tokenizer, ["VQ", "MQ", "TA"])
+    with torch.device("meta"):
+        model = build_reward_model(build_backbone(qwen2_vl_2b_config(tokenizer), torch.bfloat16), tokenizer,
+                                   RewardConfig())
+        resize_vocab(model.model, QWEN2_VL_2B_VOCAB)
+    assert sum(p.numel() for p in model.parameters()) == 2_208_563_200
+    assert len(model.model.language_model.layers) == 28 and len(model.model.visual.blocks) == 32

@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 bench_app = typer.Typer(help="Benchmarks that record their figures as JSON.", no_args_is_help=True)
-speed_app = typer.Typer(help="Speed and memory benchmarks.", no_args_is_help=True)
+speed_app = typer.Typer(help="Speed and memory benchmarks: all of them with targets (no subcommand), or one.")
 bench_app.add_typer(speed_app, name="speed")
 app.add_typer(bench_app, name="bench")
 
@@ -324,6 +324,34 @@ def bench_reward(
                  num_workers=num_workers, fps=fps, max_pixels=max_pixels)
     cfg = _resolve(RewardBenchConfig, recipe, flags, set_)
     raise typer.Exit(_guard(run, cfg))
+
+
+@speed_app.callback(invoke_without_command=True)
+def bench_speed(
+    ctx: typer.Context,
+    quick: Optional[bool] = typer.Option(None, "--quick", help="Tiny models, CPU, few repetitions (< 5 min)."),
+    device: Optional[str] = typer.Option(None, help="cpu (tiny models) or cuda (real-size, random weights)."),
+    only: Optional[str] = typer.Option(None, help="Comma list of score,relabel,train-reward,dpo,guide."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="JSON, logs, suite.json, suite.md."),
+    margin: Optional[float] = typer.Option(None, help="A check fails above target x (1 + margin) (default 0.15)."),
+    gate: Optional[bool] = typer.Option(None, "--gate", help="Exit 1 when a check fails (CI)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Pair CSV of clips for score/relabel/train-reward."),
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Run every speed benchmark, each in its own process; print one table of figures against their targets.
+
+    \b
+    videoalign bench speed --quick --gate --output-dir bench-ci      (CI, 2 CPU cores)
+    1 GPU: videoalign bench speed --device cuda --output-dir bench-gpu
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from videoalign.commands.bench_speed import SpeedSuiteConfig, run_speed_suite
+
+    flags = dict(quick=quick, device=device, only=only, output_dir=output_dir, margin=margin, gate=gate, data=data)
+    cfg = _resolve(SpeedSuiteConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run_speed_suite, cfg))
 
 
 @speed_app.command("score")

@@ -22,7 +22,7 @@ from videoalign.reward_layouts import CheckpointError, is_reference_root, load_r
 from videoalign.reward_model import (
     DEFAULT_MODEL,
     DTYPES,
-    TINY_RANDOM,
+    RANDOM_MODELS,
     RewardConfig,
     VideoRewardModel,
     build_tiny_random,
@@ -83,11 +83,12 @@ class VideoReward:
         dtype: str = "auto",
         device: str = "auto",
     ) -> VideoReward:
-        """Load a hub id, a local folder (either reference layout or our own), or `tiny-random`."""
+        """Load a hub id, a local folder (either reference layout or our own), `tiny-random` or
+        `qwen2-vl-2b-random` (the real architecture, random weights: speed figures only)."""
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        if name_or_path == TINY_RANDOM:
-            model, tokenizer, config = build_tiny_random(dtype=torch_dtype)
+        if name_or_path in RANDOM_MODELS:
+            model, tokenizer, config = build_tiny_random(dtype=torch_dtype, name=name_or_path)
             log.warning(config.note)
         else:
             path = Path(name_or_path)

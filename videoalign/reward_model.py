@@ -29,6 +29,12 @@ NATIVE_FORMAT = "videoalign.videoreward"
 NATIVE_WEIGHTS = "model.safetensors"
 NATIVE_CONFIG = "config.json"
 TINY_RANDOM = "tiny-random"
+#: the Qwen2-VL-2B architecture (REFERENCE.md 4.1, 2.4) with random weights and tiny-random's tokenizer: real-size
+#: speed and memory figures without a download (`bench speed --device cuda`); its scores are meaningless
+QWEN2_VL_2B_RANDOM = "qwen2-vl-2b-random"
+RANDOM_MODELS = (TINY_RANDOM, QWEN2_VL_2B_RANDOM)
+#: Qwen2-VL-2B's text embedding rows after the reward model's resize (REFERENCE.md 3.3)
+QWEN2_VL_2B_VOCAB = 151660
 DEFAULT_MODEL = "KwaiVGI/VideoReward"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -213,6 +219,19 @@ def tiny_qwen_config(tokenizer) -> dict:
     }
 
 
+def qwen2_vl_2b_config(tokenizer) -> dict:
+    """tiny_qwen_config's token ids with Qwen2-VL-2B-Instruct's sizes: LLM 28 x 1536 (12 / 2 heads, MLP 8960,
+    mrope [16, 24, 24]), ViT 32 x 1280 (16 heads, MLP 5120) merging to 1536."""
+    config = tiny_qwen_config(tokenizer)
+    config["text_config"].update({
+        "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+        "num_key_value_heads": 2, "vocab_size": 151936,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}})
+    config["vision_config"] = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
+                               "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+    return config
+
+
 def build_reward_model(backbone: nn.Module, tokenizer, config: RewardConfig) -> VideoRewardModel:
     """Attach the reward tokens and head to a backbone: add tokens, resize the vocab to the tokenizer."""
     add_reward_tokens(tokenizer, config.dims)
@@ -292,19 +311,29 @@ def load_strict(model: nn.Module, state: dict, source: str, tolerated: tuple[str
     log.info("loaded %d/%d tensors from %s", len(own), len(own), source)
 
 
-def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, config: RewardConfig | None = None):
-    """A seeded, randomly initialised tiny VideoReward. Its scores are meaningless: for offline smoke runs and
-    as a from-scratch base in tests. `config` sets dims, head and sampling (default: the released layout)."""
+def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, config: RewardConfig | None = None,
+                      name: str = TINY_RANDOM):
+    """A seeded, randomly initialised VideoReward. Its scores are meaningless: for offline smoke runs and as a
+    from-scratch base in tests. `config` sets dims, head and sampling (default: the released layout).
+    name: tiny-random (2 layers, width 64), or qwen2-vl-2b-random (the real architecture and embedding size, for
+    speed and memory figures; tiny-random's tokenizer, whose rubric is about as long as the real one's)."""
+    if name not in RANDOM_MODELS:
+        raise ValueError(f"random model: expected one of {', '.join(RANDOM_MODELS)}, got {name!r}")
     config = config or RewardConfig()
-    config.base_model = TINY_RANDOM
-    config.note = "tiny-random: a randomly initialised tiny model; its scores are meaningless"
+    config.base_model = name
+    config.note = f"{name}: a randomly initialised model; its scores are meaningless"
     tokenizer = tiny_random_tokenizer()
     add_reward_tokens(tokenizer, config.dims)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        backbone = build_backbone(tiny_qwen_config(tokenizer), dtype)
-        model = build_reward_model(backbone, tokenizer, config)
+        if name == TINY_RANDOM:
+            backbone = build_backbone(tiny_qwen_config(tokenizer), dtype)
+            model = build_reward_model(backbone, tokenizer, config)
+        else:
+            backbone = build_backbone(qwen2_vl_2b_config(tokenizer), dtype)
+            model = build_reward_model(backbone, tokenizer, config)
+            resize_vocab(model.model, QWEN2_VL_2B_VOCAB)  # the real table's rows; the tokenizer uses the first ones
     finally:
         torch.random.set_rng_state(generator_state)
     return model, tokenizer, config

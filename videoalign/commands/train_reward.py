@@ -113,7 +113,7 @@ class TrainRewardConfig:
 def build_model(cfg: TrainRewardConfig, dims: list[str]):
     """(model, tokenizer, RewardConfig) in float32, from init_from, tiny-random or a base Qwen2-VL."""
     from videoalign.reward_model import (
-        TINY_RANDOM,
+        RANDOM_MODELS,
         RewardConfig,
         build_reward_model,
         build_tiny_random,
@@ -136,8 +136,8 @@ def build_model(cfg: TrainRewardConfig, dims: list[str]):
     config = RewardConfig(dims=list(dims), output_dim=cfg.output_dim or len(dims), fps=cfg.fps,
                           num_frames=cfg.num_frames, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
                           template_type=template, base_model=cfg.base_model, lora=cfg.trainable.lora_dict())
-    if cfg.base_model == TINY_RANDOM:
-        model, tokenizer, config = build_tiny_random(seed=cfg.seed, config=config)
+    if cfg.base_model in RANDOM_MODELS:
+        model, tokenizer, config = build_tiny_random(seed=cfg.seed, config=config, name=cfg.base_model)
         config.note = None
         return model, tokenizer, config
     torch.manual_seed(cfg.seed)  # the reward head's init
