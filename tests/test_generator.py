@@ -379,3 +379,25 @@ def test_bfloat16_cast_keeps_fp32_tensors_unrounded():
     assert any("scale_shift_table" in n for n, _ in kept) and any("time_embedder" in n for n, _ in kept)
     for name, tensor in kept:
         assert torch.equal(tensor, before[name]), name
+
+
+def test_load_lora_refuses_a_lora_for_another_model(tmp_path):
+    """diffusers only warns about LoRA keys for modules the model lacks; load_lora fails with the module named."""
+    from safetensors.torch import save_file
+
+    from videoalign.generator import check_lora_file
+
+    gen = load_generator(TINY_RANDOM, "float32")
+    missing = tmp_path / "missing.safetensors"
+    save_file({"transformer.blocks.9.attn1.to_q.lora_A.weight": torch.zeros(2, 32),
+               "transformer.blocks.9.attn1.to_q.lora_B.weight": torch.zeros(32, 2)}, str(missing))
+    with pytest.raises(ValueError, match=r"adapts blocks\.9\.attn1\.to_q with 32 in features, the model has no such"):
+        load_lora(gen, missing)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    save_file({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 64),
+               "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(64, 2)},
+              str(wide / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(ValueError, match="with 64 in features, the model has 32 in features"):
+        check_lora_file(gen.transformer, wide)
+    assert not [n for n, _ in gen.transformer.named_parameters() if "lora_" in n]  # nothing was loaded

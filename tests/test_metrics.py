@@ -299,3 +299,41 @@ def test_label_maps():
     assert all(math.isnan(label_from_vote(v)) for v in ("left", "", None, NAN))
     assert [label_from_pair(v) for v in ("A", "B", "same")] == [1, -1, 0]
     assert all(math.isnan(label_from_pair(v)) for v in ("invalid", "", None, "a", NAN))
+
+
+def test_win_tie_loss_golden():
+    """a - b = [2, -1, 0, 1.5] (the docstring's example):
+    t = 0:   wins {2, 1.5} = 2, ties {0} = 1, losses {-1} = 1 -> win_rate (2 + 1/2) / 4 = 0.625
+    t = 1:   wins {2, 1.5} = 2, ties {-1, 0} = 2 (|-1| <= 1), losses 0 -> (2 + 2/2) / 4 = 0.75
+    t = 2:   wins {} (2 is not > 2), ties all 4 -> 0.5
+    """
+    from videoalign.metrics import WinTieLoss, win_tie_loss
+
+    a, b = [3.0, 1.0, 2.0, 2.5], [1.0, 2.0, 2.0, 1.0]
+    result = win_tie_loss(a, b)
+    assert result == WinTieLoss(wins=2, ties=1, losses=1) and result.n == 4
+    assert result.win_rate == 0.625
+    assert result.as_dict() == {"wins": 2, "ties": 1, "losses": 1, "n": 4, "win": 0.5, "tie": 0.25, "loss": 0.25,
+                                "win_rate": 0.625}
+    assert win_tie_loss(a, b, tie_threshold=1.0) == (2, 2, 0) and win_tie_loss(a, b, 1.0).win_rate == 0.75
+    assert win_tie_loss(a, b, tie_threshold=2.0) == (0, 4, 0) and win_tie_loss(a, b, 2.0).win_rate == 0.5
+    # the swap: B against A mirrors wins and losses, win rates sum to 1
+    assert win_tie_loss(b, a) == (1, 1, 2) and win_tie_loss(b, a).win_rate == 1 - 0.625
+
+
+def test_win_tie_loss_identical_and_edges():
+    """A model against itself: every pair ties exactly -> win_rate exactly 0.5, whatever the scores."""
+    from videoalign.metrics import win_tie_loss
+
+    scores = np.random.default_rng(0).normal(size=101)
+    same = win_tie_loss(scores, scores.copy())
+    assert same == (0, 101, 0) and same.win_rate == 0.5
+    empty = win_tie_loss([], [])
+    assert empty.n == 0 and math.isnan(empty.win_rate) and all(math.isnan(empty.as_dict()[k])
+                                                               for k in ("win", "tie", "loss"))
+    with pytest.raises(ValueError, match="tie_threshold"):
+        win_tie_loss([1.0], [0.0], tie_threshold=NAN)
+    with pytest.raises(ValueError, match="same length"):
+        win_tie_loss([1.0, 2.0], [0.0])
+    with pytest.raises(ValueError, match="NaN"):
+        win_tie_loss([1.0, NAN], [0.0, 0.0])

@@ -326,6 +326,50 @@ def bench_reward(
     raise typer.Exit(_guard(run, cfg))
 
 
+@bench_app.command("winrate")
+def bench_winrate(
+    base: Optional[str] = typer.Option(None, "--base", help="Pretrained model: diffusers folder, hub id or tiny-random."),
+    aligned: Optional[str] = typer.Option(None, "--aligned", help="Aligned model: a pipeline, or a LoRA (dpo/rwr final/) for --base."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt file: CSV with a prompt column, or .txt."),
+    base_videos: Optional[str] = typer.Option(None, "--base-videos", help="Existing base videos <i:05d>.mp4 instead of sampling."),
+    aligned_videos: Optional[str] = typer.Option(None, "--aligned-videos", help="Existing aligned videos, named the same."),
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="VideoReward: hub id, folder or tiny-random."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Videos, scores, winrate.json/md/png; reruns resume."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts of the file."),
+    videos_per_prompt: Optional[int] = typer.Option(None, "--videos-per-prompt", help="K videos per prompt (seed + i*K + j)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Video j of prompt i samples from seed + i*K + j, both models."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Euler sampling steps (default 50)."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video, 4k+1."),
+    height: Optional[int] = typer.Option(None, "--height", help="Video height, a multiple of 16."),
+    width: Optional[int] = typer.Option(None, "--width", help="Video width, a multiple of 16."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate written into the mp4s (Wan: 16)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Classifier-free guidance scale (default 5)."),
+    tie_threshold: Optional[float] = typer.Option(None, "--tie-threshold", help="|aligned - base| <= this is a tie (default 0)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="VQ:MQ:TA weights of the Overall column (default 1:1:1)."),
+    dtype: Optional[str] = typer.Option(None, help="auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."),
+    device: Optional[str] = DeviceOpt,
+    recipe: Optional[Path] = RecipeOpt,
+    set_: Optional[list[str]] = SetOpt,
+):
+    """VideoReward win rates (VQ, MQ, TA, Overall) of an aligned model against its base, same prompts and seeds;
+    a tie counts half (paper Table 3). Scoring keys: --set reward.KEY=VALUE.
+
+    \b
+    videoalign bench winrate --recipe recipes/debug/bench_winrate.yaml --aligned tiny-random --prompts prompts.txt -o runs/wr
+    1 GPU:  videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
+    N GPUs: accelerate launch --num_processes N -m videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
+    """
+    from videoalign.commands.bench_winrate import WinrateConfig, run
+
+    flags = {"base": base, "aligned": aligned, "prompts": prompts, "base_videos": base_videos,
+             "aligned_videos": aligned_videos, "reward.model": reward_model, "output_dir": output_dir, "limit": limit,
+             "videos_per_prompt": videos_per_prompt, "seed": seed, "steps": steps, "num_frames": num_frames,
+             "height": height, "width": width, "fps": fps, "guidance_scale": guidance_scale,
+             "tie_threshold": tie_threshold, "weights": weights, "dtype": dtype, "device": device}
+    cfg = _resolve(WinrateConfig, recipe, flags, set_)
+    raise typer.Exit(_guard(run, cfg))
+
+
 @speed_app.callback(invoke_without_command=True)
 def bench_speed(
     ctx: typer.Context,

@@ -285,10 +285,40 @@ def save_lora(transformer, out_dir: Path, state: dict[str, torch.Tensor] | None 
     return out_dir / "pytorch_lora_weights.safetensors"
 
 
+def check_lora_file(transformer, path: str | Path) -> None:
+    """Raise ValueError unless every module a diffusers-format LoRA (a folder with pytorch_lora_weights.safetensors,
+    or the file) adapts exists in `transformer` as a Linear with the LoRA's sizes; diffusers itself only warns
+    about unknown modules. Keys in other formats are left to diffusers' converters."""
+    from safetensors import safe_open
+
+    file = Path(path) / "pytorch_lora_weights.safetensors" if Path(path).is_dir() else Path(path)
+    try:
+        with safe_open(str(file), "pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
+        raise ValueError(f"{file}: not a readable .safetensors file ({type(exc).__name__})") from None
+    if not any("lora" in k for k in shapes):
+        raise ValueError(f"{file} holds no LoRA weights; pass the final/ folder of dpo or rwr")
+    modules = dict(transformer.named_modules())
+    for key, shape in shapes.items():
+        name, _, kind = key.removeprefix("transformer.").partition(".lora_")
+        if not key.startswith("transformer.") or kind not in ("A.weight", "B.weight"):
+            continue
+        module, side = modules.get(name), "in" if kind == "A.weight" else "out"
+        want = getattr(module, f"{side}_features") if isinstance(module, torch.nn.Linear) else None
+        got = shape[1] if side == "in" else shape[0]
+        if want != got:
+            has = "has no such layer" if want is None else f"has {want} {side} features"
+            raise ValueError(f"the LoRA {file} does not fit the model: it adapts {name} with {got} {side} features, "
+                             f"the model {has}")
+
+
 def load_lora(gen: Generator, path: str | Path, fuse: bool = False) -> Generator:
     """Load an exported LoRA (a folder or .safetensors file) into gen's transformer the way users do, through
-    WanPipeline.load_lora_weights; fuse=True merges it into the weights."""
+    WanPipeline.load_lora_weights, after check_lora_file; fuse=True merges it into the weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    check_lora_file(gen.transformer, path)
 
     pipe = WanPipeline(tokenizer=gen.tokenizer, text_encoder=gen.text_encoder, vae=gen.vae,
                        transformer=gen.transformer, scheduler=FlowMatchEulerDiscreteScheduler())

@@ -1,4 +1,4 @@
-"""Pairwise preference metrics: accuracy without and with ties, win rates (REFERENCE.md 9.3-9.5). Pure.
+"""Pairwise preference metrics: accuracy without and with ties (REFERENCE.md 9.3-9.5), win rates (10.9). Pure.
 
 Notation: one entry per pair; h is the human label (1 = A better, -1 = B better, 0 = tie, NaN = label not
 mappable) and m = s_A - s_B is the model's margin. For a threshold eps the model predicts a tie iff |m| <= eps.
@@ -19,6 +19,9 @@ So a NaN label is never a human tie: it is a pair the model can only get wrong (
   eps = -inf, and it moves one pair at a time, so inside a run of equal |m| it also scores partial states that no
   threshold produces (and which depend on the input order). Identical to the exact metric for continuous scores
   up to these two effects.
+- `win_tie_loss` (10.9): model A against model B on the same prompts and seeds, one score pair per video: wins
+  a - b > t, ties |a - b| <= t, losses a - b < -t; win_rate = (wins + ties / 2) / n, so a model against itself
+  scores exactly 0.5 (the paper's 50 / 50 / 50 for the pretrained model).
 """
 
 from __future__ import annotations
@@ -227,6 +230,53 @@ def accuracy_with_ties_compat(human: Sequence[Any], margin: Sequence[Any]) -> Ti
         return TieResult(0.0, math.nan, math.nan, n)
 
 
+class WinTieLoss(NamedTuple):
+    """Counts of one side against the other over n paired scores (`win_tie_loss`)."""
+
+    wins: int
+    ties: int
+    losses: int
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    @property
+    def win_rate(self) -> float:
+        """(wins + ties / 2) / n: a tie counts half, so equal models score 0.5 (the paper's 50 for the pretrained
+        model, REFERENCE.md 10.9); NaN for n = 0."""
+        return (self.wins + self.ties / 2) / self.n if self.n else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        """wins, ties, losses, n, their shares win/tie/loss (fractions of n, summing to 1) and win_rate."""
+        share = (lambda k: k / self.n) if self.n else (lambda k: math.nan)
+        return {"wins": self.wins, "ties": self.ties, "losses": self.losses, "n": self.n, "win": share(self.wins),
+                "tie": share(self.ties), "loss": share(self.losses), "win_rate": self.win_rate}
+
+
+def win_tie_loss(a_scores: Sequence[float], b_scores: Sequence[float], tie_threshold: float = 0.0) -> WinTieLoss:
+    """Count the pairs where A wins (a - b > t), ties (|a - b| <= t) and loses (a - b < -t).
+
+    With t = 0 only exact equality is a tie. Golden example: a = [3, 1, 2, 2.5], b = [1, 2, 2, 1]
+    -> a - b = [2, -1, 0, 1.5] -> wins 2, ties 1, losses 1 -> win_rate = (2 + 1/2) / 4 = 0.625.
+
+    Args:
+        a_scores, b_scores: (N,) scores of the two sides (A: e.g. the aligned model, B: the base); NaN is an error.
+        tie_threshold: t >= 0.
+    """
+    if not tie_threshold >= 0:  # also refuses NaN
+        raise ValueError(f"tie_threshold must be >= 0; got {tie_threshold}")
+    a = np.asarray(a_scores, dtype=np.float64).reshape(-1)
+    b = np.asarray(b_scores, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"a_scores and b_scores must have the same length; got {a.size} and {b.size}")
+    diff = a - b  # (N,)
+    if np.isnan(diff).any():
+        raise ValueError("win_tie_loss: a score is NaN (or both sides are the same infinity); drop those pairs first")
+    wins, losses = int((diff > tie_threshold).sum()), int((diff < -tie_threshold).sum())
+    return WinTieLoss(wins, diff.size - wins - losses, losses)
+
+
 def win_rates(a_scores: Sequence[float], b_scores: Sequence[float],
               tie_threshold: float = 0.0) -> dict[str, float]:
     """Fractions of pairs where A wins (a - b > t), ties (|a - b| <= t) and loses (a - b < -t).
@@ -238,18 +288,5 @@ def win_rates(a_scores: Sequence[float], b_scores: Sequence[float],
     Returns:
         {"win": ..., "tie": ..., "loss": ...}, summing to 1 (NaN each for N = 0).
     """
-    if not tie_threshold >= 0:
-        raise ValueError(f"tie_threshold must be >= 0; got {tie_threshold}")
-    a = np.asarray(a_scores, dtype=np.float64).reshape(-1)
-    b = np.asarray(b_scores, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"a_scores and b_scores must have the same length; got {a.size} and {b.size}")
-    diff = a - b
-    if np.isnan(diff).any():
-        raise ValueError("win_rates: a score is NaN (or both sides are the same infinity); drop those pairs first")
-    n = diff.size
-    if n == 0:
-        return {"win": math.nan, "tie": math.nan, "loss": math.nan}
-    win = int((diff > tie_threshold).sum())
-    loss = int((diff < -tie_threshold).sum())
-    return {"win": win / n, "tie": (n - win - loss) / n, "loss": loss / n}
+    counts = win_tie_loss(a_scores, b_scores, tie_threshold).as_dict()
+    return {k: counts[k] for k in ("win", "tie", "loss")}

@@ -117,3 +117,30 @@ def frame_strip(rows: dict, path: str | Path, n_frames: int = 4, title: str = ""
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def win_tie_loss_bars(figures: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """One horizontal bar per dimension, stacked win | tie | loss (percent of n), with the win rate
+    (wins + ties / 2) / n written beside it: figures[dim] = {"win", "tie", "loss", "win_rate", "n"} (fractions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = list(figures)[::-1]  # the first dimension on top
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(dims) + 1.4))
+    left = [0.0] * len(dims)
+    for key, colour in (("win", "#228833"), ("tie", "#bbbbbb"), ("loss", "#ee6677")):
+        widths = [100 * figures[d][key] for d in dims]
+        ax.barh(dims, widths, left=left, color=colour, label=key)
+        left = [a + w for a, w in zip(left, widths)]
+    for y, d in enumerate(dims):
+        ax.text(101, y, f"{100 * figures[d]['win_rate']:.1f}  (n={figures[d]['n']})", va="center", fontsize=8)
+    ax.axvline(50.0, color="black", linewidth=0.8)
+    ax.set_xlim(0, 125)
+    ax.set_xlabel("% of videos (win rate = win + tie / 2, right)")
+    ax.legend(loc="lower right", fontsize=7, ncol=3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

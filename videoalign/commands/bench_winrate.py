@@ -1,0 +1,383 @@
+"""`videoalign bench winrate`: VideoReward win rates of an aligned model against its base (REFERENCE.md 10.9).
+
+Both models sample every prompt with the same seeds and sampler settings: video j of prompt i (its position in
+the prompt file after `limit`) comes from seed + i * K + j (K = videos_per_prompt; seed + i for K = 1, as in
+`guide`). Every video is scored with VideoReward. Per dimension, and for Overall = sum_d w_d s_d / sum_d w_d, a
+pair is a win when aligned - base > tie_threshold, a tie when |aligned - base| <= tie_threshold (byte-identical
+videos always tie), and win_rate = (wins + ties / 2) / n (metrics.win_tie_loss): a model against itself gets 0.5.
+
+Outputs in `output_dir`:
+    videos/{base,aligned}/NAME  NAME = <i:05d>.mp4 for K = 1 (guide's names), else <i:05d>-<j:02d>.mp4
+    videos.jsonl                one line per pair: index, video (j), prompt, seed, base, aligned (paths)
+    scores.jsonl                the score cache (`videoalign score --output` format, keyed by absolute path)
+    winrate.json                figures per dimension, settings, versions, and every pair with its scores
+    winrate.md, winrate.png     a markdown table; stacked win/tie/loss bars per dimension
+    winrate.config.yaml         the resolved config: a rerun with other video or score settings is refused
+`--base-videos DIR` / `--aligned-videos DIR` take existing videos with the same NAMEs (e.g. `guide` output
+folders) instead of sampling that side; with both, no video model is loaded. Sampling and scoring are sharded over
+processes; videos are written atomically and reused, scores are cached, so a rerun after an interruption does
+only what is missing. tie_threshold, weights and limit may change between runs.
+
+1 GPU:  videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
+N GPUs: accelerate launch --num_processes N -m videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from videoalign.commands.score import SCORE_SETTINGS, ScoreConfig
+from videoalign.config import config_to_dict
+from videoalign.generator import DEFAULT_MODEL, TINY_RANDOM
+
+SIDES = ("base", "aligned")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+#: settings that change the videos (scores: reward.*): an output_dir made with other values cannot be resumed into
+WINRATE_SETTINGS = ("base", "aligned", "base_videos", "aligned_videos", "videos_per_prompt", "seed", "steps",
+                    "guidance_scale", "negative_prompt", "shift", "num_frames", "height", "width", "fps", "dtype")
+
+
+@dataclass
+class WinrateConfig:
+    #: prompt file: a CSV with a `prompt` column (../shared/data/eval_prompts/*.csv) or a .txt, one prompt a line
+    prompts: str | None = None
+    #: only the first N prompts of the file
+    limit: int | None = None
+    #: the pretrained model: a diffusers folder, a hub id or tiny-random
+    base: str = DEFAULT_MODEL
+    #: the aligned model: a pipeline (folder, hub id, tiny-random) or a LoRA of `base` (dpo/rwr's final/ or its file)
+    aligned: str | None = None
+    #: existing base videos, named as in videos/base/ (e.g. a `guide --scale 0` folder), instead of sampling them
+    base_videos: str | None = None
+    #: existing aligned videos, named as in videos/aligned/, instead of sampling them
+    aligned_videos: str | None = None
+    #: videos per prompt K; video j of prompt i is sampled from seed + i * K + j by both models
+    videos_per_prompt: int = 1
+    seed: int = 0
+    #: Euler sampling steps
+    steps: int = 50
+    #: classifier-free guidance scale (1 = no negative branch)
+    guidance_scale: float = 5.0
+    negative_prompt: str = ""
+    #: flow shift of the sampling times (null: the family's, 3.0 for Wan)
+    shift: float | None = None
+    #: clip size: frames 4k+1, height and width multiples of 16
+    num_frames: int = 81
+    height: int = 480
+    width: int = 832
+    #: frames per second written into the mp4s (scoring samples 2 fps of them)
+    fps: float = 16.0
+    #: transformer and text-encoder dtype; auto = bfloat16 on CUDA, float32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    #: auto, cpu, cuda or cuda:N (under accelerate launch each process uses its own); sampling and scoring
+    device: str = "auto"
+    #: videos sampled together per process (rows do not interact; seeds are per video)
+    batch_size: int = 1
+    #: |aligned - base| <= this is a tie (0: exact equality only)
+    tie_threshold: float = 0.0
+    #: VQ:MQ:TA weights of the Overall column, "1:1:1" or "TA=1"
+    weights: str = "1:1:1"
+    #: VideoReward settings, `videoalign score`'s keys (reward.model, reward.batch_size, ...; not reward.device)
+    reward: ScoreConfig = field(default_factory=ScoreConfig)
+    #: videos, scores and reports go here; a rerun resumes
+    output_dir: str = "runs/bench_winrate"
+
+    def __post_init__(self):
+        from videoalign.preferences import parse_weights
+
+        if not self.prompts or not Path(self.prompts).is_file():
+            raise ValueError(f"prompts: {self.prompts or 'not given'}: no such file; pass --prompts FILE (a CSV with a "
+                             "prompt column, e.g. ../shared/data/eval_prompts/videogen_eval.csv, or a .txt)")
+        for name in ("limit", "videos_per_prompt", "steps", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("tie_threshold", "guidance_scale"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.fps <= 0 or (self.shift is not None and self.shift <= 0):
+            raise ValueError(f"fps and shift must be positive, got {self.fps} and {self.shift}")
+        if "=" not in self.weights:  # the count is checked against the reward model's dimensions after scoring
+            parse_weights(self.weights, [str(i) for i in range(self.weights.count(":") + 1)])
+        for side in SIDES:
+            folder = getattr(self, f"{side}_videos")
+            if folder is not None and not Path(folder).is_dir():
+                raise ValueError(f"{side}_videos: {folder}: no such folder; pass the folder of existing {side} videos")
+        if not self.aligned and not self.aligned_videos:
+            raise ValueError("aligned: required; pass --aligned MODEL_OR_LORA (or --aligned-videos DIR)")
+        kind = aligned_kind(self.aligned) if not self.aligned_videos else None
+        models = ["base"] if not self.base_videos or kind == "lora" else []
+        for name in models + (["aligned"] if kind == "pipeline" else []):  # the models that will sample
+            _family(getattr(self, name), name).check_clip(self.num_frames, self.height, self.width)
+
+
+def _family(model: str, name: str):
+    """The model's family, or a ValueError naming the field. A missing local path (absolute, ./, ~, or not one
+    `org/name` slash) is reported as such instead of being looked up on the hub."""
+    from videoalign.generator import family_of
+
+    if model != TINY_RANDOM and not Path(model).exists() and (model.startswith(("/", ".", "~"))
+                                                              or model.count("/") != 1):
+        raise ValueError(f"{name}: {model}: no such file or folder; pass a diffusers folder, a hub id or tiny-random"
+                         + (", or a LoRA folder" if name == "aligned" else ""))
+    try:
+        return family_of(model)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def aligned_kind(path: str) -> Literal["pipeline", "lora"]:
+    """A LoRA (a .safetensors file, or a folder with pytorch_lora_weights.safetensors) or a pipeline
+    (model_index.json, a hub id or tiny-random), from the files at `path`."""
+    p = Path(path)
+    if path == TINY_RANDOM or not p.exists() or (p / "model_index.json").is_file():
+        return "pipeline"
+    if (p.is_file() and p.suffix == ".safetensors") or (p / LORA_FILE).is_file():
+        return "lora"
+    raise ValueError(f"aligned: {path}: not a model; expected a diffusers pipeline folder (model_index.json) or a LoRA "
+                     f"({LORA_FILE}, what dpo/rwr write to final/, or that file)")
+
+
+# -- the video pairs and resuming -----------------------------------------------------------------------------
+
+def video_name(index: int, video: int, per_prompt: int) -> str:
+    return f"{index:05d}.mp4" if per_prompt == 1 else f"{index:05d}-{video:02d}.mp4"
+
+
+def build_entries(cfg: WinrateConfig, prompts: list[str]) -> list[dict]:
+    """One entry per (prompt i, video j): prompt, seed and the two video paths."""
+    folders = {s: Path(getattr(cfg, f"{s}_videos") or Path(cfg.output_dir) / "videos" / s) for s in SIDES}
+    k = cfg.videos_per_prompt
+    return [{"index": i, "video": j, "prompt": p, "seed": cfg.seed + i * k + j,
+             **{s: str(folders[s] / video_name(i, j, k)) for s in SIDES}}
+            for i, p in enumerate(prompts) for j in range(k)]
+
+
+def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
+    """Where `out` holds videos or scores, refuse other settings (naming the field) or other prompts at the same
+    positions; returns the old videos.jsonl entries by (index, video)."""
+    import yaml
+
+    from videoalign.data import read_jsonl
+
+    def settings(config: dict) -> dict:
+        return {**{k: config[k] for k in WINRATE_SETTINGS if k in config},
+                **{f"reward.{k}": v for k, v in (config.get("reward") or {}).items() if k in SCORE_SETTINGS}}
+
+    old = {(e["index"], e["video"]): e for e in read_jsonl(out / "videos.jsonl")}
+    saved_path = out / "winrate.config.yaml"
+    made = any((out / "videos").glob("*/*.mp4")) or (out / "scores.jsonl").is_file()
+    if saved_path.is_file() and made:
+        saved, now = settings(yaml.safe_load(saved_path.read_text()) or {}), settings(config_to_dict(cfg))
+        if changed := [k for k in saved if saved[k] != now.get(k)]:
+            diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
+            raise ValueError(f"{out} holds videos or scores made with other settings ({diffs}); use a new "
+                             "--output-dir or the same settings to resume")
+    for e in entries if made and not (cfg.base_videos and cfg.aligned_videos) else []:
+        before = old.get((e["index"], e["video"]))
+        if before is not None and before["prompt"] != e["prompt"]:
+            raise ValueError(f"prompts: prompt {e['index']} of {cfg.prompts} is {e['prompt'][:40]!r}, but the videos "
+                             f"in {out} were made for {before['prompt'][:40]!r}; use a new --output-dir")
+    return old
+
+
+# -- sampling -------------------------------------------------------------------------------------------------
+
+def load_side(side: str, cfg: WinrateConfig, device, gen=None):
+    """The generator of one side; `gen`, the base model when already loaded, is reused by the base side and takes
+    the aligned side's LoRA (fused). An aligned pipeline is loaded on its own."""
+    from videoalign.generator import load_generator, load_lora
+
+    if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
+        return load_generator(cfg.aligned, cfg.dtype, device)
+    gen = gen or load_generator(cfg.base, cfg.dtype, device)
+    if side == "base":
+        return gen
+    try:
+        return load_lora(gen, cfg.aligned, fuse=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"aligned: cannot load the LoRA {cfg.aligned} onto --base {cfg.base}: "
+                         f"{str(exc).splitlines()[0]}") from None
+
+
+def sample_side(gen, side: str, jobs: list[dict], cfg: WinrateConfig, show: bool) -> None:
+    """Sample, decode and write (atomically) the `side` videos of `jobs`, batch_size at a time."""
+    import torch
+
+    from videoalign.log import progress
+    from videoalign.video import write_video
+
+    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
+                                    channels=int(gen.transformer.config.in_channels))
+    use_cfg = cfg.guidance_scale != 1.0
+    negative = gen.pad_text(gen.encode_prompts([cfg.negative_prompt])) if use_cfg else None  # (1, L, D)
+    with progress(len(jobs), f"sampling {side}", enabled=show) as bar, torch.no_grad():
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start:start + cfg.batch_size]
+            text = gen.pad_text(gen.encode_prompts([e["prompt"] for e in chunk]))  # (B, L, D)
+            neg = negative.expand(len(chunk), *negative.shape[1:]) if use_cfg else None
+            x0 = gen.sample(text, [e["seed"] for e in chunk], shape, cfg.steps, cfg.shift, cfg.guidance_scale, neg)
+            for e, frames in zip(chunk, gen.decode(x0)):  # (F, H, W, 3) uint8 each
+                write_video(e[side], frames, cfg.fps)
+            bar.advance(len(chunk))
+
+
+# -- figures --------------------------------------------------------------------------------------------------
+
+def figures_of(entries: list[dict], scored: dict[str, dict], cfg: WinrateConfig):
+    """(figures per dimension and Overall, weights, scored pairs, failed records)."""
+    from videoalign.data import video_key
+    from videoalign.metrics import win_tie_loss
+    from videoalign.preferences import parse_weights, weighted_reward
+
+    records = {e[s]: scored.get(video_key(e[s])) or {"error": f"{e[s]}: not scored"} for e in entries for s in SIDES}
+    failed = [r for r in records.values() if "error" in r]
+    first = next((r for r in records.values() if "error" not in r), None)
+    if first is None:
+        raise ValueError(f"no video could be scored; see the errors in {Path(cfg.output_dir) / 'scores.jsonl'}")
+    try:
+        weights = parse_weights(cfg.weights, [k for k in first["raw"] if k != "Overall"])
+    except ValueError as exc:
+        raise ValueError(f"weights: {exc}") from None
+    pairs = []
+    for e in entries:
+        base, aligned = records[e["base"]], records[e["aligned"]]
+        if "error" in base or "error" in aligned:
+            continue
+        # byte-identical videos tie exactly: VideoReward's float noise across batch positions must not decide them
+        same = filecmp.cmp(e["base"], e["aligned"], shallow=False)
+        scores = {s: {**{d: float(r[d]) for d in weights}, "Overall": weighted_reward(r, weights)}
+                  for s, r in (("base", base), ("aligned", base if same else aligned))}
+        pairs.append({**e, "identical": same, "scores": scores})
+    figures = {}
+    for dim in [*weights, "Overall"]:
+        a, b = [p["scores"]["aligned"][dim] for p in pairs], [p["scores"]["base"][dim] for p in pairs]
+        figures[dim] = {**win_tie_loss(a, b, cfg.tie_threshold).as_dict(),
+                        "mean_base": sum(b) / len(b) if b else math.nan,
+                        "mean_aligned": sum(a) / len(a) if a else math.nan}
+    return figures, weights, pairs, failed
+
+
+COLUMNS = ("dimension", "win rate %", "wins", "ties", "losses", "n", "mean base", "mean aligned")
+
+
+def table_rows(figures: dict) -> list[list[str]]:
+    return [[dim, f"{100 * f['win_rate']:.2f}", *(str(f[k]) for k in ("wins", "ties", "losses", "n")),
+             f"{f['mean_base']:.4f}", f"{f['mean_aligned']:.4f}"] for dim, f in figures.items()]
+
+
+def markdown(figures: dict, cfg: WinrateConfig, weights: dict, left_out: int) -> str:
+    lines = [f"# VideoReward win rates: {cfg.aligned_videos or cfg.aligned} vs {cfg.base_videos or cfg.base}", "",
+             (f"prompts: {cfg.prompts} x {cfg.videos_per_prompt} video(s), seed {cfg.seed}; reward: "
+              f"{cfg.reward.model}; tie: |aligned - base| <= {cfg.tie_threshold:g}; Overall weights "
+              f"{':'.join(f'{w:g}' for w in weights.values())}; unscored pairs left out: {left_out}"), "",
+             "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table_rows(figures)]) + "\n"
+
+
+def report(figures: dict, cfg: WinrateConfig, weights: dict, pairs: list[dict], left_out: int) -> None:
+    """winrate.json, winrate.md and winrate.png (atomic), and a table on stdout."""
+    import platform
+    from importlib.metadata import version
+
+    from rich.table import Table
+
+    from videoalign.data import write_atomic
+    from videoalign.log import stdout
+    from videoalign.plots import win_tie_loss_bars
+
+    out = Path(cfg.output_dir)
+    payload = {"figures": figures, "weights": weights, "pairs_scored": len(pairs), "pairs_left_out": left_out,
+               "settings": config_to_dict(cfg), "pairs": pairs, "versions": {"python": platform.python_version(), **{
+                   m: version(m) for m in ("videoalign", "torch", "diffusers", "transformers", "accelerate")}}}
+    write_atomic(out / "winrate.json", json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / "winrate.md", markdown(figures, cfg, weights, left_out))
+    win_tie_loss_bars(figures, out / "winrate.png",
+                      title=f"{cfg.aligned_videos or cfg.aligned} vs {cfg.base_videos or cfg.base}")
+    table = Table(title=f"win rates against the base ({len(pairs)} pairs, tie <= {cfg.tie_threshold:g})")
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name == "dimension" else "right")
+    for row in table_rows(figures):
+        table.add_row(*row)
+    stdout.print(table)
+
+
+def run(cfg: WinrateConfig) -> int:
+    import gc
+
+    import torch
+    import yaml
+
+    from videoalign.commands.score import score_into
+    from videoalign.data import ScoreItem, read_prompt_file, video_key, write_atomic, write_jsonl_atomic
+    from videoalign.distributed import broadcast_from_main, make_accelerator, shard
+    from videoalign.generator import check_lora_file
+    from videoalign.log import console
+
+    # 1. everything that can fail at once, before any sampling
+    prompts = read_prompt_file(cfg.prompts)[:cfg.limit]
+    if not prompts:
+        raise ValueError(f"prompts: {cfg.prompts} holds no prompts")
+    accelerator = make_accelerator(cfg.device)
+    device = accelerator.device
+    cfg = dataclasses.replace(cfg, dtype=cfg.dtype if cfg.dtype != "auto" else
+                              ("bfloat16" if device.type == "cuda" else "float32"))
+    out = Path(cfg.output_dir)
+    entries = build_entries(cfg, prompts)
+    old = check_resumable(out, cfg, entries)
+    sampled = [s for s in SIDES if not getattr(cfg, f"{s}_videos")]
+    for side in (s for s in SIDES if s not in sampled):
+        if missing := [e[side] for e in entries if not Path(e[side]).is_file()]:
+            raise ValueError(f"{side}_videos: {len(missing)} of {len(entries)} videos missing, e.g. {missing[0]}; "
+                             "name them <i:05d>.mp4 (<i:05d>-<j:02d>.mp4 for several per prompt), i = the prompt's "
+                             "position in the prompt file")
+
+    # 2. what is left to sample (a video file is complete: writes are atomic), sharded round-robin
+    rank, world = accelerator.process_index, accelerator.num_processes
+    todo = {s: [e for e in entries if not Path(e[s]).is_file()] for s in sampled}
+    mine = {s: shard(todo[s], rank, world) for s in sampled}
+    gen = None
+    if mine.get("aligned") and aligned_kind(cfg.aligned) == "lora":  # a LoRA that does not fit fails here
+        gen = load_side("base", cfg, device)
+        try:
+            check_lora_file(gen.transformer, cfg.aligned)
+        except ValueError as exc:
+            raise ValueError(f"aligned: {exc}; pass the model it was trained on as --base ({cfg.base} now)") from None
+    accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 writes
+    if accelerator.is_main_process:
+        write_atomic(out / "winrate.config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        merged = {**old, **{(e["index"], e["video"]): e for e in entries}}
+        write_jsonl_atomic(out / "videos.jsonl", [merged[k] for k in sorted(merged)])
+        console.print(f"{len(prompts)} prompts x {cfg.videos_per_prompt}: " + "; ".join(
+            f"{s} {len(entries) - len(todo[s])} reused, {len(todo[s])} to sample" if s in todo else
+            f"{s} from {getattr(cfg, f'{s}_videos')}" for s in SIDES) + f" on {world} process(es)", highlight=False)
+
+    # 3. this rank's share, base first; a LoRA is then fused into the base model, a pipeline loaded instead
+    for side in (s for s in sampled if mine[s]):
+        if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
+            gen = None  # free the base model first
+            gc.collect()
+            torch.cuda.empty_cache()
+        gen = load_side(side, cfg, device, gen)
+        sample_side(gen, side, mine[side], cfg, accelerator.is_main_process)
+    gen = None
+    accelerator.wait_for_everyone()
+
+    # 4. score every video (cached: a rerun scores only what is new), then the figures on rank 0
+    items = {video_key(e[s]): ScoreItem(video_key(e[s]), e[s], Path(video_key(e[s])), e["prompt"])
+             for e in entries for s in SIDES}  # a folder compared with itself holds each video once
+    records = score_into(cfg.reward, accelerator, list(items.values()), out / "scores.jsonl", str(out))
+    failed = 0
+    if accelerator.is_main_process:
+        figures, weights, pairs, failures = figures_of(entries, {r["path"]: r for r in records}, cfg)
+        report(figures, cfg, weights, pairs, len(entries) - len(pairs))
+        for r in failures:
+            console.print(f"[red]failed:[/] {r['error']}", highlight=False)
+        console.print(f"wrote {out / 'winrate.json'}, winrate.md and winrate.png", highlight=False)
+        failed = len(failures)
+    return 1 if broadcast_from_main(accelerator, failed) else 0
