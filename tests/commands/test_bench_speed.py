@@ -142,3 +142,28 @@ def test_missing_data_is_one_line_exit_2(cli, tmp_path):
     assert result.exit_code == 2 and cli.error_lines(result.output) == [
         f"error: {tmp_path / 'none.csv'}: no such pair CSV; run from the project root with ../shared/data beside "
         "it, or pass --data"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_planned_argv_parses_into_its_config(device):
+    """The argv the suite passes exists as CLI options and builds a valid config (the cuda plan, which needs a GPU
+    to run, is checked here without running it)."""
+    import typer.main
+
+    from videoalign.cli import app
+    from videoalign.commands.bench import SpeedRelabelConfig, SpeedScoreConfig, SpeedTrainRewardConfig
+    from videoalign.commands.bench_dpo import SpeedDpoConfig
+    from videoalign.commands.bench_guide import SpeedGuideConfig
+    from videoalign.config import build_config, load_recipe
+
+    classes = {"score": SpeedScoreConfig, "relabel": SpeedRelabelConfig, "train-reward": SpeedTrainRewardConfig,
+               "dpo": SpeedDpoConfig, "guide": SpeedGuideConfig}
+    speed = typer.main.get_command(app).commands["bench"].commands["speed"]
+    for name, argv in plan(SpeedSuiteConfig(device=device)).items():
+        ctx = speed.commands[name].make_context(name, [*argv, "--output", "x.json"])
+        params = {k: v for k, v in ctx.params.items() if v is not None and k not in ("recipe", "set_")}
+        recipe = load_recipe(ctx.params["recipe"]) if ctx.params.get("recipe") else {}
+        cfg = build_config(classes[name], recipe, params)
+        if device == "cuda":
+            assert getattr(cfg, "device") == "cuda", name
+            assert "random" in (getattr(cfg, "model", None) or getattr(cfg, "base_model", "")), name
