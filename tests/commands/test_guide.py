@@ -5,7 +5,6 @@ tests/test_guidance.py), saved to disk the way train-latent-rm saves one. Also `
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from pathlib import Path
 
@@ -21,32 +20,11 @@ RECIPE = REPO / "recipes" / "debug" / "guide.yaml"
 PROMPTS = ["a red fox in the snow", "a boat at sea", "a city at night"]
 
 
-def _channel_reward(transformer):
-    """k = 1, dims CH0, CH1: r_CH0 = mean of latent channel 0, r_CH1 = of channel 1 (see tests/test_guidance.py)."""
-    model = build_latent_reward(transformer, LatentRewardConfig(k=1, dims=["CH0", "CH1"]))
-    b, dim = 1000.0, model.inner_dim
-    with torch.no_grad():
-        block = model.blocks[0]
-        for layer in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
-            layer.weight.zero_()
-            layer.bias.zero_()
-        conv = model.patch_embedding
-        conv.weight.zero_()
-        conv.bias.zero_()
-        patch = conv.weight.shape[2] * conv.weight.shape[3] * conv.weight.shape[4]
-        for feature, channel, sign in ((0, 0, 1), (1, 0, -1), (2, 1, 1), (3, 1, -1)):
-            conv.weight[feature, channel] = sign / patch
-        conv.bias[4], conv.bias[5] = b, -b
-        for head, feature in (("CH0", 0), ("CH1", 2)):
-            model.heads[head].weight.zero_()
-            model.heads[head].weight[0, feature] = b * math.sqrt(2 / dim)
-    return model
-
-
 @pytest.fixture(scope="module")
-def latent_rm(tmp_path_factory) -> Path:
+def latent_rm(tmp_path_factory, make_channel_reward) -> Path:
+    """r_CH0 = mean of latent channel 0, r_CH1 = of channel 1 (tests/conftest.py), saved as train-latent-rm does."""
     gen = load_generator(TINY_RANDOM, "float32")
-    return save_latent_reward(_channel_reward(gen.transformer), None, tmp_path_factory.mktemp("latent_rm") / "rm")
+    return save_latent_reward(make_channel_reward(gen.transformer), None, tmp_path_factory.mktemp("latent_rm") / "rm")
 
 
 @pytest.fixture(scope="module")
