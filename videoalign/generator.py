@@ -329,6 +329,36 @@ def load_lora(gen: Generator, path: str | Path, fuse: bool = False) -> Generator
     return gen
 
 
+def check_transformer_folder(transformer, path: str | Path) -> Path:
+    """The transformer folder of a full fine-tune (`path/transformer/` or `path` itself), after checking from its
+    config.json alone that it is `transformer`'s architecture (every public key equal; a ValueError names the
+    first that differs)."""
+    folder = Path(path) / "transformer" if (Path(path) / "transformer" / "config.json").is_file() else Path(path)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{path}: no transformer/config.json; pass the final/ folder of a full fine-tune")
+    saved = json.loads((folder / "config.json").read_text())
+    ours = dict(transformer.config)
+    for key in sorted(k for k in saved if not k.startswith("_") and k in ours):
+        want, got = ours[key], saved[key]
+        if (list(want) if isinstance(want, tuple) else want) != got:
+            raise ValueError(f"{folder} is another architecture: {key} is {got}, the model's is {want}")
+    return folder
+
+
+def load_transformer(gen: Generator, path: str | Path) -> Generator:
+    """gen with its transformer replaced by a full fine-tune's: a `transformer/` folder (config.json +
+    safetensors, what dpo/rwr with lora.enabled false export to final/transformer) or the final/ folder holding
+    it, checked by check_transformer_folder."""
+    import dataclasses
+
+    from diffusers import WanTransformer3DModel
+
+    folder = check_transformer_folder(gen.transformer, path)
+    transformer = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=gen.dtype)
+    transformer = _cast(transformer, gen.dtype).requires_grad_(False).eval().to(gen.device)
+    return dataclasses.replace(gen, transformer=transformer)
+
+
 # -- building and loading -----------------------------------------------------------------------------------
 
 def tiny_text_tokenizer():

@@ -57,6 +57,7 @@ def inputs(tmp_path_factory) -> SimpleNamespace:
         for p in gen.transformer.parameters():
             p.mul_(1 + 0.5 * torch.randn_like(p))
     perturbed = save_pipeline(gen, root / "perturbed")
+    gen.transformer.save_pretrained(str(root / "full_finetune" / "transformer"))  # as dpo/rwr export final/
     from diffusers import WanTransformer3DModel
 
     other = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16,
@@ -66,8 +67,11 @@ def inputs(tmp_path_factory) -> SimpleNamespace:
     other_lora = root / "other_lora"
     other_lora.mkdir()
     save_lora(other, other_lora)
+    (root / "other_full" / "transformer").mkdir(parents=True)
+    (root / "other_full" / "transformer" / "config.json").write_text(json.dumps(dict(other.config)))
     return SimpleNamespace(txt=txt, csv=csv, zero_lora=zero_lora, lora_file=lora_file, perturbed=perturbed,
-                           other_lora=other_lora)
+                           other_lora=other_lora, full_finetune=root / "full_finetune",
+                           other_full=root / "other_full")
 
 
 def _winrate(cli, out, *args, ok=True):
@@ -291,3 +295,17 @@ def test_two_processes_equal_one(run_diff, cli, tmp_path):
         assert (p["index"], p["video"], p["seed"]) == (q["index"], q["video"], q["seed"])
         for side in ("base", "aligned"):
             assert q["scores"][side] == pytest.approx(p["scores"][side], abs=1e-5)
+
+
+def test_a_full_fine_tune_is_the_same_model_as_its_pipeline(cli, inputs, run_diff, tmp_path):
+    """dpo/rwr with lora.enabled false export final/transformer/; as --aligned it replaces the base's transformer,
+    which gives the perturbed pipeline's figures exactly (the same weights, seeds and sampler)."""
+    out = tmp_path / "full"
+    args = [a if a != inputs.perturbed else inputs.full_finetune for a in run_diff.args]
+    _winrate(cli, out, *args)
+    assert _json(out)["figures"] == run_diff.report["figures"]
+    result = _winrate(cli, tmp_path / "other", "--aligned", inputs.other_full, "--prompts", inputs.txt, ok=False)
+    assert result.exit_code == 2 and cli.error_lines(result.output) == [
+        f"error: aligned: {inputs.other_full / 'transformer'} is another architecture: attention_head_dim is 8, the "
+        "model's is 16; pass the model it was trained on as --base (tiny-random now)"]
+    assert not (tmp_path / "other" / "videos").exists()  # refused before sampling anything

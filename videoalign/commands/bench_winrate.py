@@ -111,7 +111,7 @@ class WinrateConfig:
         if not self.aligned and not self.aligned_videos:
             raise ValueError("aligned: required; pass --aligned MODEL_OR_LORA (or --aligned-videos DIR)")
         kind = aligned_kind(self.aligned) if not self.aligned_videos else None
-        models = ["base"] if not self.base_videos or kind == "lora" else []
+        models = ["base"] if not self.base_videos or kind in ("lora", "transformer") else []
         for name in models + (["aligned"] if kind == "pipeline" else []):  # the models that will sample
             _family(getattr(self, name), name).check_clip(self.num_frames, self.height, self.width)
 
@@ -131,16 +131,20 @@ def _family(model: str, name: str):
         raise ValueError(f"{name}: {exc}") from None
 
 
-def aligned_kind(path: str) -> Literal["pipeline", "lora"]:
-    """A LoRA (a .safetensors file, or a folder with pytorch_lora_weights.safetensors) or a pipeline
-    (model_index.json, a hub id or tiny-random), from the files at `path`."""
+def aligned_kind(path: str) -> Literal["pipeline", "lora", "transformer"]:
+    """A LoRA (a .safetensors file, or a folder with pytorch_lora_weights.safetensors), a full fine-tune's
+    transformer (final/ with transformer/config.json, or that folder) or a pipeline (model_index.json, a hub id
+    or tiny-random), from the files at `path`."""
     p = Path(path)
     if path == TINY_RANDOM or not p.exists() or (p / "model_index.json").is_file():
         return "pipeline"
     if (p.is_file() and p.suffix == ".safetensors") or (p / LORA_FILE).is_file():
         return "lora"
-    raise ValueError(f"aligned: {path}: not a model; expected a diffusers pipeline folder (model_index.json) or a LoRA "
-                     f"({LORA_FILE}, what dpo/rwr write to final/, or that file)")
+    if (p / "transformer" / "config.json").is_file() or (p / "config.json").is_file():
+        return "transformer"
+    raise ValueError(f"aligned: {path}: not a model; expected a diffusers pipeline folder (model_index.json), a LoRA "
+                     f"({LORA_FILE}, what dpo/rwr write to final/, or that file) or a full fine-tune's final/ "
+                     "(transformer/config.json)")
 
 
 # -- the video pairs and resuming -----------------------------------------------------------------------------
@@ -190,14 +194,19 @@ def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
 
 def load_side(side: str, cfg: WinrateConfig, device, gen=None):
     """The generator of one side; `gen`, the base model when already loaded, is reused by the base side and takes
-    the aligned side's LoRA (fused). An aligned pipeline is loaded on its own."""
-    from videoalign.generator import load_generator, load_lora
+    the aligned side's LoRA (fused) or fine-tuned transformer. An aligned pipeline is loaded on its own."""
+    from videoalign.generator import load_generator, load_lora, load_transformer
 
     if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
         return load_generator(cfg.aligned, cfg.dtype, device)
     gen = gen or load_generator(cfg.base, cfg.dtype, device)
     if side == "base":
         return gen
+    if aligned_kind(cfg.aligned) == "transformer":
+        try:
+            return load_transformer(gen, cfg.aligned)
+        except ValueError as exc:
+            raise ValueError(f"aligned: {exc}; pass the model it was fine-tuned from as --base ({cfg.base} now)") from None
     try:
         return load_lora(gen, cfg.aligned, fuse=True)
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -316,7 +325,7 @@ def run(cfg: WinrateConfig) -> int:
     from videoalign.commands.score import score_into
     from videoalign.data import ScoreItem, read_prompt_file, video_key, write_atomic, write_jsonl_atomic
     from videoalign.distributed import broadcast_from_main, make_accelerator, shard
-    from videoalign.generator import check_lora_file
+    from videoalign.generator import check_lora_file, check_transformer_folder
     from videoalign.log import console
 
     # 1. everything that can fail at once, before any sampling
@@ -342,10 +351,12 @@ def run(cfg: WinrateConfig) -> int:
     todo = {s: [e for e in entries if not Path(e[s]).is_file()] for s in sampled}
     mine = {s: shard(todo[s], rank, world) for s in sampled}
     gen = None
-    if mine.get("aligned") and aligned_kind(cfg.aligned) == "lora":  # a LoRA that does not fit fails here
+    kind = aligned_kind(cfg.aligned) if mine.get("aligned") else None
+    if kind in ("lora", "transformer"):  # an aligned model that does not fit the base fails here, before sampling
         gen = load_side("base", cfg, device)
+        check = check_lora_file if kind == "lora" else check_transformer_folder
         try:
-            check_lora_file(gen.transformer, cfg.aligned)
+            check(gen.transformer, cfg.aligned)
         except ValueError as exc:
             raise ValueError(f"aligned: {exc}; pass the model it was trained on as --base ({cfg.base} now)") from None
     accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 writes
