@@ -167,3 +167,10 @@ def test_every_planned_argv_parses_into_its_config(device):
         if device == "cuda":
             assert getattr(cfg, "device") == "cuda", name
             assert "random" in (getattr(cfg, "model", None) or getattr(cfg, "base_model", "")), name
+
+
+def test_refuses_to_run_under_a_multi_process_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="start it once, without accelerate launch"):
+        run_speed_suite(SpeedSuiteConfig(quick=True, output_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())

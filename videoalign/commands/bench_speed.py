@@ -266,6 +266,11 @@ def run_speed_suite(cfg: SpeedSuiteConfig) -> int:
     from videoalign.data import write_atomic
     from videoalign.log import console
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("bench speed runs each benchmark in a process of its own; start it once, without "
+                         "accelerate launch (the benchmarks are single-process by design)")
     if not RECIPES.is_dir():
         raise FileNotFoundError(f"{RECIPES}: the project's recipes/ folder is missing; install videoalign from a "
                                 "clone (pip install -e .)")
