@@ -6,7 +6,9 @@
 
 A checkpoint folder is written under a temp name and renamed when complete, so a kill never leaves a half
 checkpoint; `latest` finds the newest complete one. The data position is the step itself: the data order is
-a deterministic function of (seed, epoch), so step N tells which pairs come next.
+a deterministic function of (seed, epoch), so step N tells which pairs come next. The files hold whole tensors
+under every launcher (FSDP2 shards are gathered before saving and cut again on load), so a checkpoint resumes
+under another launcher with the same global batch.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def latest(output_dir: Path) -> Path | None:
 def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, extra: dict, rank: int, world: int,
          barrier, tensors: dict | None = None) -> Path:
     """Every rank writes its RNG; rank 0 writes the rest into a temp folder and renames it when complete.
-    `tensors` (e.g. EMA weights) go to extra.safetensors."""
+    `tensors` (e.g. EMA weights) go to extra.safetensors. `optimizer` is the optimiser or its state dict; under
+    FSDP2 the caller passes whole tensors and state (distributed.full_tensors, full_optimizer_state), gathered by
+    every rank, so the files are the same whatever the launcher."""
     from safetensors.torch import save_file
 
     final = checkpoint_dir(output_dir, step)
@@ -68,7 +72,7 @@ def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, ext
         save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "extra.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": world, **extra}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
@@ -77,9 +81,11 @@ def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, ext
     return final
 
 
-def load(path: Path, model, optimizer, scheduler, rank: int) -> dict:
+def load(path: Path, model, optimizer, scheduler, rank: int, place=None) -> dict:
     """Restore trainable tensors (strictly: every trainable name must be present), optimiser, scheduler and this
-    rank's RNG. Returns state.json, with the tensors of extra.safetensors under "tensors" when there are any."""
+    rank's RNG. Returns state.json, with the tensors of extra.safetensors under "tensors" when there are any.
+    `place(full, like)`, if given, turns a whole saved tensor into what the parameter `like` (or its optimiser
+    state) holds: this rank's shard under FSDP2 (distributed.shard_like)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(path / "trainable.safetensors"))
@@ -91,8 +97,14 @@ def load(path: Path, model, optimizer, scheduler, rank: int) -> dict:
                          f"{unexpected[:4]}); resume with the recipe it was written with")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(tensors[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            p.copy_(place(tensors[name], p) if place else tensors[name].to(p.device, p.dtype))
+    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    if place:  # the state of packed parameter i: its tensors of the parameter's shape (Adam's moments) are placed
+        ordered = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, state in optimizer_state["state"].items():
+            optimizer_state["state"][i] = {k: place(v, ordered[i]) if torch.is_tensor(v) and v.dim() and
+                                           v.shape == ordered[i].shape else v for k, v in state.items()}
+    optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
     state = json.loads((path / "state.json").read_text())
     rng_file = path / f"rng-rank{rank}.pt"

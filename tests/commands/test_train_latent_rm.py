@@ -213,3 +213,14 @@ def test_trained_model_guides_sampling(cli, run_a, tmp_path):
     lines = cli.read_jsonl(out / "guide.jsonl")
     assert len(lines) == 1 and len(lines[0]["trajectory"]) == 3
     assert (out / "00000.mp4").stat().st_size > 0
+
+
+@pytest.mark.multiprocess
+def test_fsdp_is_refused_with_the_reason(cli, labelled, tmp_path):
+    """Under an FSDP launch config it stops at once (exit 2, one line) instead of crashing in a sharded step."""
+    fsdp = REPO / "recipes" / "accelerate" / "fsdp_cpu_debug.yaml"
+    cmd = ["accelerate", "launch", "--config_file", str(fsdp), "-m", "videoalign", "train-latent-rm", "--recipe",
+           str(RECIPE), "--data", str(labelled), "--output-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=REPO, env=cli.env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert "error: train-latent-rm does not support FSDP" in proc.stdout + proc.stderr

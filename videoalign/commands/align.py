@@ -164,12 +164,13 @@ def draw_noise(cfg, family, step: int, positions: list[int], shape: tuple[int, .
 @dataclass
 class Parts:
     """What a command's objective needs: the generator, the trainable module (maybe DDP-wrapped), the plain
-    transformer and, for full fine-tuning DPO, a frozen reference copy."""
+    transformer, for full fine-tuning DPO a frozen reference copy, and whether FSDP2 shards the transformer."""
 
     gen: object
     model: torch.nn.Module
     transformer: torch.nn.Module
     reference: torch.nn.Module | None = None
+    sharded: bool = False
 
 
 class Ema:
@@ -240,9 +241,11 @@ def write_metrics(path: Path, record: dict) -> None:
     append_jsonl(path, [{"time": round(time.time(), 3), **record}])
 
 
-def sample_validation(cfg: AlignConfig, gen, texts, negative, out_dir: Path, ema=None, params=None) -> list[Path]:
+def sample_validation(cfg: AlignConfig, gen, texts, negative, out_dir: Path, ema=None, params=None,
+                      write: bool = True) -> list[Path]:
     """One mp4 per (prompt, seed) with the weights that would be exported (the EMA ones when there is an EMA);
-    fixed seeds, so runs and steps are comparable."""
+    fixed seeds, so runs and steps are comparable. Under FSDP every rank samples; only the writer writes."""
+    from videoalign.distributed import reshard
     from videoalign.video import write_video
 
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width)
@@ -255,33 +258,48 @@ def sample_validation(cfg: AlignConfig, gen, texts, negative, out_dir: Path, ema
         for seed in cfg.validation_seeds:
             latents = gen.sample(text[None], [seed], shape, cfg.sample_steps, cfg.shift, cfg.guidance_scale,
                                  negative[None] if negative is not None else None)
-            frames = gen.decode(latents)[0]
-            written.append(write_video(out_dir / f"prompt{i:03d}-seed{seed}.mp4", frames, cfg.sample_fps))
+            if write:
+                frames = gen.decode(latents)[0]
+                written.append(write_video(out_dir / f"prompt{i:03d}-seed{seed}.mp4", frames, cfg.sample_fps))
+    reshard(gen.transformer)  # FSDP2: before the EMA swap back and the next training step
     if ema is not None:
         ema.swap(params)
     gen.transformer.train(was_training)
     return written
 
 
-def export(cfg: AlignConfig, parts: Parts, out: Path, ema: Ema | None, console) -> None:
-    """final/: the LoRA in diffusers format (or the full transformer); merged/: the LoRA fused, as a pipeline."""
-    from videoalign.generator import save_lora, save_pipeline
+def export(cfg: AlignConfig, parts: Parts, out: Path, ema: Ema | None, console, main: bool = True) -> None:
+    """final/: the LoRA in diffusers format (or the full transformer); merged/: the LoRA fused, as a pipeline.
+    Under FSDP every rank calls it, to gather the whole weights from all ranks' shards; the main rank writes."""
+    from peft.utils import get_peft_model_state_dict
+
+    from videoalign.distributed import full_tensors, reshard, unsharded_copy
+    from videoalign.generator import load_generator, load_lora, save_lora, save_pipeline
 
     transformer = parts.transformer
+    reshard(transformer)  # FSDP2: the shards, not gathered tensors left by a forward without backward
     params = trainable_params(transformer)
     if ema is not None:
         ema.swap(params)
+    # under FSDP a collective: the trainable tensors (LoRA, renamed as lora_state does) or the whole state dict
+    whole = full_tensors(params if cfg.lora.enabled else transformer.state_dict(), main) if parts.sharded else None
+    if not main:
+        return
     final = out / "final"
     if cfg.lora.enabled:
-        file = save_lora(transformer, final)
+        file = save_lora(transformer, final, whole and get_peft_model_state_dict(transformer, state_dict=whole))
         console.print(f"saved LoRA {file} (load with pipe.load_lora_weights)", highlight=False)
         if cfg.merge:
-            transformer.fuse_lora()
-            transformer.unload_lora()
-            save_pipeline(parts.gen, out / "merged")
+            if parts.sharded:  # fusing the shards in place would need every rank: fuse the file into a fresh copy
+                save_pipeline(load_lora(load_generator(cfg.model, cfg.dtype), final, fuse=True), out / "merged")
+            else:
+                transformer.fuse_lora()
+                transformer.unload_lora()
+                save_pipeline(parts.gen, out / "merged")
             console.print(f"saved merged pipeline {out / 'merged'}", highlight=False)
     else:
-        transformer.save_pretrained(str(final / "transformer"))
+        plain = transformer if whole is None else unsharded_copy(transformer, whole)
+        plain.save_pretrained(str(final / "transformer"))
         console.print(f"saved transformer {final / 'transformer'}", highlight=False)
 
 
@@ -312,10 +330,14 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     from videoalign.commands.train_reward import step_indices
     from videoalign.config import config_to_dict
     from videoalign.data import write_atomic
+    from videoalign.distributed import full_optimizer_state, full_tensors, is_sharded, shard_like
     from videoalign.generator import add_lora, load_generator
     from videoalign.log import console, progress
 
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    sharded = is_sharded(accelerator)  # FSDP2: parameters become DTensor shards in prepare
+    if sharded and getattr(cfg, "backward", "joint") == "split":  # dpo's split reads p.grad between its passes
+        raise ValueError("backward: split needs gradients that FSDP reduces only after the last pass; use joint")
     out = Path(cfg.output_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -337,7 +359,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     total_steps = cfg.max_steps or cfg.epochs * (len(items) // global_batch)
     if main:
         console.print(f"{len(items)} {objective.name} items ({len(problems)} skipped), {total_steps} steps of "
-                      f"{global_batch} on {world} process(es)", highlight=False)
+                      f"{global_batch} on {world} process(es){' (FSDP2)' if sharded else ''}", highlight=False)
 
     # 2. Validation prompts are encoded now; the text encoder then leaves the accelerator.
     val_texts = negative = None
@@ -346,7 +368,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
         negative = gen.pad_text(gen.encode_prompts([cfg.negative_prompt]))[0]
     gen.text_encoder.to("cpu")
 
-    # 3. Trainable weights (float32 masters), optimiser, schedule; DDP through accelerate.
+    # 3. Trainable weights (float32 masters), optimiser, schedule; DDP or FSDP2 through accelerate.
     transformer = gen.transformer
     reference = None
     torch.manual_seed(cfg.seed)  # LoRA A init: identical on every rank and run
@@ -366,19 +388,20 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)  # stepped once per step, below
     model, optimizer = accelerator.prepare(transformer, optimizer)
-    parts = Parts(gen, model, transformer, reference)
+    params = trainable_params(transformer)  # FSDP2 replaced the parameters by DTensor shards; DDP keeps them
+    parts = Parts(gen, model, transformer, reference, sharded)
     ema = Ema(params, cfg.ema_decay) if cfg.ema_decay else None
 
     start_step = 0
     if cfg.resume and (last := checkpoint.latest(out)) is not None:
-        state = checkpoint.load(last, transformer, optimizer.optimizer, scheduler, rank)
+        state = checkpoint.load(last, transformer, optimizer.optimizer, scheduler, rank, sharded and shard_like)
         start_step = state["step"]
         if state.get("items", len(items)) != len(items) or state.get("global_batch", global_batch) != global_batch:
             raise ValueError(f"{last}: written for {state.get('items')} items in global batches of "
                              f"{state.get('global_batch')}, but this run has {len(items)} and {global_batch}; resume "
                              "with the same data and batch settings, or use a new output_dir")
-        if ema is not None:
-            ema.shadow = {n: t.float() for n, t in state.get("tensors", {}).items()} or ema.shadow
+        if ema is not None and state.get("tensors"):
+            ema.shadow = {n: shard_like(t.float(), params[n]) for n, t in state["tensors"].items()}
         if main:
             console.print(f"resumed from {last} at step {start_step}", highlight=False)
 
@@ -415,18 +438,19 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
             bar.advance(1)
             if main and done % cfg.log_every == 0:
                 write_metrics(metrics_path, record)
-            if cfg.save_every and done % cfg.save_every == 0:
+            if cfg.save_every and done % cfg.save_every == 0:  # whole tensors: gathered by every rank under FSDP
                 extra = {"objective": objective.name, "items": len(items), "global_batch": global_batch}
-                checkpoint.save(out, done, params, optimizer.optimizer, scheduler, extra, rank, world,
-                                accelerator.wait_for_everyone, ema.shadow if ema else None)
-            if main and val_texts is not None and cfg.validate_every and done % cfg.validate_every == 0:
-                sample_validation(cfg, gen, val_texts, negative, out / "samples" / f"step-{done}", ema, params)
+                checkpoint.save(out, done, full_tensors(params, main),
+                                full_optimizer_state(optimizer.optimizer, main), scheduler, extra, rank, world,
+                                accelerator.wait_for_everyone, full_tensors(ema.shadow, main) if ema else None)
+            if (main or sharded) and val_texts is not None and cfg.validate_every and done % cfg.validate_every == 0:
+                sample_validation(cfg, gen, val_texts, negative, out / "samples" / f"step-{done}", ema, params, main)
             accelerator.wait_for_everyone()
 
-    # 5. Final samples and export (rank 0).
-    if main:
+    # 5. Final samples and export: rank 0 writes (under FSDP every rank samples and gathers with it).
+    if main or sharded:
         if val_texts is not None:
-            sample_validation(cfg, gen, val_texts, negative, out / "samples" / "final", ema, params)
-        export(cfg, parts, out, ema, console)
+            sample_validation(cfg, gen, val_texts, negative, out / "samples" / "final", ema, params, main)
+        export(cfg, parts, out, ema, console, main)
     accelerator.wait_for_everyone()
     return 0

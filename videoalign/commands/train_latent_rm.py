@@ -210,7 +210,7 @@ def run(cfg: TrainLatentRmConfig) -> int:
     from videoalign.commands.train_reward import step_indices
     from videoalign.config import config_to_dict
     from videoalign.data import write_atomic
-    from videoalign.distributed import make_accelerator
+    from videoalign.distributed import is_sharded, make_accelerator
     from videoalign.generator import load_generator
     from videoalign.latent_reward import build_latent_reward, save_latent_reward
     from videoalign.log import console, progress
@@ -220,6 +220,9 @@ def run(cfg: TrainLatentRmConfig) -> int:
     val_items, val_problems = (read_labelled_latent_pairs(cfg.val_data, cfg.videos_root, dims) if cfg.val_data
                                else (None, []))
     accelerator = make_accelerator(cfg.device, gradient_accumulation_steps=cfg.grad_accum)
+    if is_sharded(accelerator):  # its checkpoints and evaluation read whole parameters on rank 0
+        raise ValueError("train-latent-rm does not support FSDP; the latent reward model is a few blocks, launch it "
+                         "with DDP (recipes/accelerate/multi_gpu.yaml)")
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     out = Path(cfg.output_dir)
