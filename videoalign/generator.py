@@ -211,8 +211,15 @@ class Generator:
         """v_theta(x_t, t, text) in float32: x_t (B, C, F', H', W'), t (B,) in [0, 1], text (B, L, D)."""
         model = transformer if transformer is not None else self.transformer
         timestep = (t.float() * self.family.timestep_scale).to(x_t.device)
-        out = model(hidden_states=x_t.to(self.dtype), timestep=timestep, encoder_hidden_states=text.to(self.dtype),
-                    return_dict=False)[0]
+        weights = next(model.parameters()).dtype
+        if weights == self.dtype:
+            out = model(hidden_states=x_t.to(self.dtype), timestep=timestep,
+                        encoder_hidden_states=text.to(self.dtype), return_dict=False)[0]
+            return out.float()
+        # full fine-tuning keeps float32 master weights: compute in self.dtype under autocast, as LoRA's base does
+        with torch.autocast(device_type=x_t.device.type, dtype=self.dtype):
+            out = model(hidden_states=x_t.to(weights), timestep=timestep, encoder_hidden_states=text.to(weights),
+                        return_dict=False)[0]
         return out.float()
 
     @torch.no_grad()
