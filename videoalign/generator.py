@@ -211,14 +211,18 @@ class Generator:
         """v_theta(x_t, t, text) in float32: x_t (B, C, F', H', W'), t (B,) in [0, 1], text (B, L, D)."""
         model = transformer if transformer is not None else self.transformer
         timestep = (t.float() * self.family.timestep_scale).to(x_t.device)
-        weights = next(model.parameters()).dtype
-        if weights == self.dtype:
+        # Full fine-tuning turns the generator's own transformer into float32 masters: then every forward (the
+        # policy, and the frozen reference passed as `transformer`, so that both compute alike) runs in self.dtype
+        # under autocast. The patch embedding tells (_cast never keeps it in float32; scale_shift_table, which may
+        # come first, it does).
+        probe = getattr(self.transformer, "patch_embedding", None)
+        masters = probe is not None and probe.weight.dtype == torch.float32 and self.dtype != torch.float32
+        if not masters:
             out = model(hidden_states=x_t.to(self.dtype), timestep=timestep,
                         encoder_hidden_states=text.to(self.dtype), return_dict=False)[0]
             return out.float()
-        # full fine-tuning keeps float32 master weights: compute in self.dtype under autocast, as LoRA's base does
         with torch.autocast(device_type=x_t.device.type, dtype=self.dtype):
-            out = model(hidden_states=x_t.to(weights), timestep=timestep, encoder_hidden_states=text.to(weights),
+            out = model(hidden_states=x_t.float(), timestep=timestep, encoder_hidden_states=text.float(),
                         return_dict=False)[0]
         return out.float()
 

@@ -163,9 +163,9 @@ def test_full_fine_tuning_keeps_a_frozen_reference(cli, pair_file, cache, tmp_pa
 
 
 def test_full_fine_tuning_in_bfloat16(cli, pair_file, tmp_path):
-    """bf16 full fine-tuning: float32 masters, the forwards in bf16 under autocast (the frozen reference is bf16);
-    it used to fail at the first forward (bf16 input, float32 patch-embedding bias). Step 1: the masters are the
-    bf16 weights upcast, which autocast casts back, so policy and reference compute alike and the loss is ln 2."""
+    """bf16 full fine-tuning: float32 masters, the forwards in bf16 under autocast, the frozen bf16 reference under
+    the same autocast; it used to fail at the first forward (bf16 input, float32 patch-embedding bias). Step 1: the
+    masters are the bf16 weights upcast, so policy and reference compute alike and the loss is ln 2."""
     out = tmp_path / "full_bf16"
     _dpo(cli, pair_file, out, "--set", "lora.enabled=false", "--set", "dtype=bfloat16", "--max-steps", "2",
          "--set", "validate_every=0", "--set", "save_every=0", "--lr", "1e-4", "--set", "latent_cache=false")
