@@ -5,8 +5,10 @@ Both variants run the real sampler, `Generator.sample` with CFG, from the same s
 A thin timing wrapper around the velocity hook stamps the clock (after a device sync) each time the sampler reaches
 the hook; the time between two stamps is one whole step: the velocity (2 transformer forwards under CFG), the
 guidance (a forward and backward through the k reward blocks, in the guided variant) and the Euler update. The
-interval that starts at t = 1 (never guided) is dropped. Sample runs alternate guided / unguided and each variant
-reports its median step, so a slow spell of a shared machine hits both alike. Target: guided / unguided <= 1.5.
+interval that starts at t = 1 (never guided) is dropped. Sample runs alternate guided / unguided. time_ratio is the
+ratio of the two variants' fastest steps: on a shared machine noise only adds time, and the median ratio moved from
+0.95 to 1.80 across five runs of the tiny setup where the minimum ratio stayed within 1.23-1.46 (as timeit advises,
+the minimum is the stable estimate); the median ratio is reported too. Target: guided / unguided <= 1.5.
 
 It also checks where the gradient flows: in the untimed first run of each variant, backward hooks on the
 transformer's blocks and the reward model's blocks count calls, forward hooks count transformer forwards; the
@@ -224,7 +226,7 @@ def run_speed_guide(cfg: SpeedGuideConfig) -> int:
     if grads:  # the guidance takes input gradients only
         raise RuntimeError(f"guidance left parameter gradients ({grads[0]}, ...)")
     unguided, guided = statistics.median(times["unguided"]), statistics.median(times["guided"])
-    ratio = guided / unguided
+    ratio = min(times["guided"]) / min(times["unguided"])  # the module docstring says why the minimum
     figures = {
         "benchmark": "speed/guide",
         "model": cfg.model,
@@ -245,11 +247,13 @@ def run_speed_guide(cfg: SpeedGuideConfig) -> int:
         "guided": {"step_s": round(guided, 5), "step_s_min": round(min(times["guided"]), 5),
                    **counts["guided"], **({"peak_mb": peak["guided"]} if peak else {})},
         "time_ratio": round(ratio, 4),
+        "time_ratio_median": round(guided / unguided, 4),
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
         "parameter_grads": 0,
-        "method": "median seconds between consecutive arrivals of the sampler at the velocity hook (device-synced), "
-                  "the step from t = 1 dropped; runs alternate unguided / guided, the first of each untimed",
+        "method": "seconds between consecutive arrivals of the sampler at the velocity hook (device-synced), the step "
+                  "from t = 1 dropped; runs alternate unguided / guided, the first of each untimed; time_ratio = "
+                  "fastest guided step / fastest unguided step (step_s: medians)",
     }
     report(figures, cfg.output)
     return 0
