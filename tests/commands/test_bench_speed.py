@@ -107,10 +107,11 @@ def test_markdown_table():
 
 @pytest.mark.slow
 def test_suite_runs_one_benchmark_end_to_end(cli, tmp_path):
-    """Through the real CLI: guide in its own process; its JSON, log, suite.json and suite.md; exit 0 with --gate
-    (the ratio is far below its 1.725 gate on any machine this runs on, or the test would say so)."""
+    """Through the real CLI: guide in its own process; its JSON, log, suite.json and suite.md; exit 0 with --gate.
+    The margin is widened (gate 2.99) so a noisy spell during the test suite cannot fail it: the gate's arithmetic
+    is tested above, and CI runs the real gate after the tests."""
     out = tmp_path / "suite"
-    result = cli.invoke("bench", "speed", "--quick", "--only", "guide", "--gate", "--output-dir", out)
+    result = cli.invoke("bench", "speed", "--quick", "--only", "guide", "--gate", "--margin", 0.99, "--output-dir", out)
     suite = json.loads((out / "suite.json").read_text())
     assert result.exit_code == 0, (result.output, suite["checks"])
     assert set(suite["benchmarks"]) == {"guide"} and suite["passed"] and not suite["errors"]
