@@ -21,6 +21,9 @@ import torch
 
 from videoalign.flow import euler_step, sampling_times
 
+#: the file diffusers' save_lora_weights writes and load_lora_weights reads in a LoRA folder
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
 TINY_RANDOM = "tiny-random"
 DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -293,7 +296,7 @@ def save_lora(transformer, out_dir: Path, state: dict[str, torch.Tensor] | None 
     config["target_modules"] = sorted(config["target_modules"])
     WanPipeline.save_lora_weights(str(out_dir), transformer_lora_layers={k: v.contiguous() for k, v in state.items()},
                                   transformer_lora_adapter_metadata=config)
-    return out_dir / "pytorch_lora_weights.safetensors"
+    return out_dir / LORA_FILE
 
 
 def check_lora_file(transformer, path: str | Path) -> None:
@@ -302,7 +305,7 @@ def check_lora_file(transformer, path: str | Path) -> None:
     about unknown modules. Keys in other formats are left to diffusers' converters."""
     from safetensors import safe_open
 
-    file = Path(path) / "pytorch_lora_weights.safetensors" if Path(path).is_dir() else Path(path)
+    file = Path(path) / LORA_FILE if Path(path).is_dir() else Path(path)
     try:
         with safe_open(str(file), "pt") as fh:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict

@@ -34,10 +34,9 @@ from typing import Literal
 
 from videoalign.commands.score import SCORE_SETTINGS, ScoreConfig
 from videoalign.config import config_to_dict
-from videoalign.generator import DEFAULT_MODEL, TINY_RANDOM
+from videoalign.generator import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
 
 SIDES = ("base", "aligned")
-LORA_FILE = "pytorch_lora_weights.safetensors"
 #: settings that change the videos (scores: reward.*): an output_dir made with other values cannot be resumed into
 WINRATE_SETTINGS = ("base", "aligned", "base_videos", "aligned_videos", "videos_per_prompt", "seed", "steps",
                     "guidance_scale", "negative_prompt", "shift", "num_frames", "height", "width", "fps", "dtype")
