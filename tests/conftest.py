@@ -37,7 +37,7 @@ def _channel_reward(transformer):
 
     import torch
 
-    from videoalign.latent_reward import LatentRewardConfig, build_latent_reward
+    from videoalign.gen.latent_reward import LatentRewardConfig, build_latent_reward
 
     model = build_latent_reward(transformer, LatentRewardConfig(k=1, dims=["CH0", "CH1"]))
     b, dim = 1000.0, model.inner_dim

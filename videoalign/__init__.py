@@ -8,7 +8,7 @@ __all__ = ["VideoReward", "__version__"]
 def __getattr__(name):
     # Lazy, so `videoalign --help` and `import videoalign` do not import torch.
     if name == "VideoReward":
-        from videoalign.reward import VideoReward
+        from videoalign.reward.videoreward import VideoReward
 
         return VideoReward
     raise AttributeError(name)

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from videoalign.flow import add_noise
-from videoalign.generator import load_generator, load_lora
-from videoalign.latent_cache import CacheSpec, LatentCache
+from videoalign.gen.generator import load_generator, load_lora
+from videoalign.gen.latent_cache import CacheSpec, LatentCache
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red ball rolling on grass", "a cat walking in the snow", "waves on a beach", "a city at night"]

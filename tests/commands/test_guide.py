@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from videoalign.generator import TINY_RANDOM, load_generator
-from videoalign.latent_reward import LatentRewardConfig, build_latent_reward, save_latent_reward
+from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.latent_reward import LatentRewardConfig, build_latent_reward, save_latent_reward
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debug" / "guide.yaml"

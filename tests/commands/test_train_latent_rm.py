@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from videoalign.commands.train_reward import step_indices
-from videoalign.latent_cache import CacheSpec, LatentCache
+from videoalign.gen.latent_cache import CacheSpec, LatentCache
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debug" / "train_latent_rm.yaml"
@@ -78,7 +78,7 @@ def _expected_first_loss(labelled: Path) -> float:
 
 
 def test_debug_recipe_end_to_end(run_a, labelled):
-    from videoalign.latent_reward import load_latent_reward
+    from videoalign.gen.latent_reward import load_latent_reward
 
     records = _metrics(run_a)
     assert [r["step"] for r in records] == [1, 2, 3, 4]

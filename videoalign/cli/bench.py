@@ -56,7 +56,7 @@ def bench_reward(
     videoalign bench reward --calibrate --csv val_videos.csv --model my_checkpoint/
     accelerate launch --num_processes N -m videoalign bench reward --pairs ... --json acc.json
     """
-    from videoalign.commands.bench_reward import RewardBenchConfig, run
+    from videoalign.commands.bench.reward import RewardBenchConfig, run
 
     flags = dict(pairs=pairs, videos_root=videos_root, scores=scores, ties=ties, overall=overall, output=output,
                  json=json_out, calibrate=calibrate, protocol=protocol, csv=csv, model=model, base_model=base_model,
@@ -99,7 +99,7 @@ def bench_winrate(
     1 GPU:  videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
     N GPUs: accelerate launch --num_processes N -m videoalign bench winrate --recipe recipes/bench/winrate_wan2_1_t2v_1_3b.yaml --aligned runs/dpo/final
     """
-    from videoalign.commands.bench_winrate import WinrateConfig, run
+    from videoalign.commands.bench.winrate import WinrateConfig, run
 
     flags = {"base": base, "aligned": aligned, "prompts": prompts, "base_videos": base_videos,
              "aligned_videos": aligned_videos, "reward.model": reward_model, "output_dir": output_dir, "limit": limit,
@@ -131,7 +131,7 @@ def bench_speed(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from videoalign.commands.bench_speed import SpeedSuiteConfig, run_speed_suite
+    from videoalign.commands.bench.speed import SpeedSuiteConfig, run_speed_suite
 
     flags = dict(quick=quick, device=device, only=only, output_dir=output_dir, margin=margin, gate=gate, data=data)
     cfg = _resolve(SpeedSuiteConfig, recipe, flags, set_)
@@ -156,7 +156,7 @@ def bench_speed_score(
     \b
     videoalign bench speed score --csv videos.csv --model tiny-random --output bench_score.json
     """
-    from videoalign.commands.bench import SpeedScoreConfig, run_speed_score
+    from videoalign.commands.bench.speed_score import SpeedScoreConfig, run_speed_score
 
     flags = dict(csv=csv, output=output, model=model, base_model=base_model, dtype=dtype, device=device,
                  batch_size=batch_size, num_workers=num_workers)
@@ -181,7 +181,7 @@ def bench_speed_relabel(
     \b
     videoalign bench speed relabel --model tiny-random --output bench_relabel.json
     """
-    from videoalign.commands.bench import SpeedRelabelConfig, run_speed_relabel
+    from videoalign.commands.bench.speed_score import SpeedRelabelConfig, run_speed_relabel
 
     flags = dict(input=input, output=output, model=model, dtype=dtype, device=device, batch_size=batch_size,
                  num_workers=num_workers)
@@ -206,7 +206,7 @@ def bench_speed_train_reward(
     \b
     videoalign bench speed train-reward --base-model tiny-random --output bench_train.json
     """
-    from videoalign.commands.bench import SpeedTrainRewardConfig, run_speed_train_reward
+    from videoalign.commands.bench.speed_score import SpeedTrainRewardConfig, run_speed_train_reward
 
     flags = dict(train_csv=train_csv, output=output, base_model=base_model, steps=steps,
                  gradient_checkpointing=gradient_checkpointing, max_pixels=max_pixels, device=device)
@@ -237,7 +237,7 @@ def bench_speed_dpo(
     videoalign bench speed dpo --model tiny-random --output bench_dpo.json
     1 GPU: videoalign bench speed dpo --recipe recipes/bench/speed_dpo.yaml --output bench_dpo.json
     """
-    from videoalign.commands.bench_dpo import SpeedDpoConfig, run_speed_dpo
+    from videoalign.commands.bench.speed_dpo import SpeedDpoConfig, run_speed_dpo
 
     flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width,
                  batch_size=batch_size, steps=steps, dtype=dtype, device=device,
@@ -268,7 +268,7 @@ def bench_speed_guide(
     videoalign bench speed guide --model tiny-random --output bench_guide.json
     1 GPU: videoalign bench speed guide --recipe recipes/bench/speed_guide.yaml --output bench_guide.json
     """
-    from videoalign.commands.bench_guide import SpeedGuideConfig, run_speed_guide
+    from videoalign.commands.bench.speed_guide import SpeedGuideConfig, run_speed_guide
 
     flags = dict(output=output, model=model, num_frames=num_frames, height=height, width=width, k=k,
                  num_layers=num_layers, steps=steps, repeats=repeats, dtype=dtype, device=device)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from videoalign.commands.align import AlignConfig, Objective, run_training
+from videoalign.gen.align import AlignConfig, Objective, run_training
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DpoConfig(AlignConfig):
 def dpo_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: torch.Tensor):
     """Loss and stats of a micro-batch of pairs. Latents (B, C, F', H', W'); text (B, L, D)."""
     from videoalign.flow import add_noise, per_sample_mse, velocity_target
-    from videoalign.generator import adapters_disabled
+    from videoalign.gen.generator import adapters_disabled
     from videoalign.losses import dpo_beta, flow_dpo_loss
 
     gen, device = parts.gen, parts.gen.device
@@ -87,7 +87,7 @@ def dpo_split_step(cfg: DpoConfig, parts, cache, pairs, t: torch.Tensor, noise: 
     import contextlib
 
     from videoalign.flow import add_noise, per_sample_mse, velocity_target
-    from videoalign.generator import adapters_disabled
+    from videoalign.gen.generator import adapters_disabled
     from videoalign.losses import dpo_beta, flow_dpo_loss
 
     gen, device = parts.gen, parts.gen.device

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from videoalign.config import config_to_dict
-from videoalign.generator import DEFAULT_MODEL
+from videoalign.gen.generator import DEFAULT_MODEL
 
 OUTPUT = "guide.jsonl"
 CONFIG = "guide.config.yaml"
@@ -89,7 +89,7 @@ class GuideConfig:
     strip_frames: int = 4
 
     def __post_init__(self):
-        from videoalign.generator import family_of
+        from videoalign.gen.generator import family_of
 
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("prompt / prompts: give exactly one, --prompt \"...\" or --prompts FILE (.csv or .txt)")
@@ -158,8 +158,8 @@ def resolve_shape(cfg: GuideConfig) -> GuideConfig:
 
 def load_reward(cfg: GuideConfig, device):
     """(latent reward model or None, weights {dim: lambda} or None). Errors name the field and what it expects."""
-    from videoalign.guidance import parse_guidance_weights
-    from videoalign.latent_reward import load_latent_reward
+    from videoalign.gen.guidance import parse_guidance_weights
+    from videoalign.gen.latent_reward import load_latent_reward
 
     if not cfg.latent_rm:
         return None, None
@@ -236,7 +236,7 @@ def sample_batch(gen, rm, weights, text, negative, seeds: list[int], shape, cfg:
     per-row final rewards). Without a latent reward model: plain sampling, empty trajectories, no rewards."""
     import torch
 
-    from videoalign.guidance import make_guidance_hook
+    from videoalign.gen.guidance import make_guidance_hook
 
     record = [] if rm is not None else None
     hook = make_guidance_hook(rm, text, weights, scale, record=record) if rm is not None else None
@@ -303,7 +303,7 @@ def run(cfg: GuideConfig) -> int:
     from videoalign.commands.score import parts_dir
     from videoalign.data import append_jsonl, write_atomic, write_jsonl_atomic
     from videoalign.distributed import make_accelerator, shard
-    from videoalign.generator import load_generator
+    from videoalign.gen.generator import load_generator
     from videoalign.log import console, progress
 
     # 1. everything that can fail at once, before any sampling

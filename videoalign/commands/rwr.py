@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from videoalign.commands.align import AlignConfig, Objective, run_training
+from videoalign.gen.align import AlignConfig, Objective, run_training
 
 
 @dataclass

@@ -66,7 +66,7 @@ class ScoreConfig:
 
 
 def load_model(cfg: ScoreConfig, device: str | None = None):
-    from videoalign.reward import VideoReward
+    from videoalign.reward.videoreward import VideoReward
 
     return VideoReward.from_pretrained(cfg.model, base_model=cfg.base_model, checkpoint_step=cfg.checkpoint_step,
                                        dtype=cfg.dtype, device=device or cfg.device)

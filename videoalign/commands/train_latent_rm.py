@@ -32,8 +32,8 @@ from typing import Literal
 
 import torch
 
-from videoalign.commands.align import ClipDataConfig
-from videoalign.latent_reward import LatentRewardConfig
+from videoalign.gen.align import ClipDataConfig
+from videoalign.gen.latent_reward import LatentRewardConfig
 
 
 @dataclass
@@ -88,7 +88,7 @@ class TrainLatentRmConfig(ClipDataConfig):
     resume: bool = False
 
     def __post_init__(self):
-        from videoalign.commands.align import check_training_fields
+        from videoalign.gen.align import check_training_fields
 
         check_training_fields(self, ("batch_size", "grad_accum", "epochs", "log_every", "noise_bins",
                                      "eval_batch_size"))
@@ -145,7 +145,7 @@ def evaluate(cfg: TrainLatentRmConfig, model, gen, cache, pairs, shape, device) 
     """{dim: {bin: {acc_without_ties, acc_with_ties, pairs}}}: pairwise accuracy of r_A - r_B against the labels
     (masked labels left out; NaN accuracies as None). Pair j in bin b is noised with t uniform in the bin and
     noise from a generator seeded by (seed, b, j), fixed across evaluations."""
-    from videoalign.commands.align import step_seed
+    from videoalign.gen.align import step_seed
     from videoalign.losses import INVALID
     from videoalign.metrics import accuracy_with_ties, accuracy_without_ties
 
@@ -200,7 +200,7 @@ def run(cfg: TrainLatentRmConfig) -> int:
 
     from videoalign import checkpoint
     from videoalign.align_data import read_labelled_latent_pairs
-    from videoalign.commands.align import (
+    from videoalign.gen.align import (
         draw_noise,
         drop_unencoded,
         prepare_cache,
@@ -211,8 +211,8 @@ def run(cfg: TrainLatentRmConfig) -> int:
     from videoalign.config import config_to_dict
     from videoalign.data import write_atomic
     from videoalign.distributed import is_sharded, make_accelerator
-    from videoalign.generator import load_generator
-    from videoalign.latent_reward import build_latent_reward, save_latent_reward
+    from videoalign.gen.generator import load_generator
+    from videoalign.gen.latent_reward import build_latent_reward, save_latent_reward
     from videoalign.log import console, progress
 
     dims = list(cfg.reward.dims)

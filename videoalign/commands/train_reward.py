@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from videoalign.config import config_to_dict
-from videoalign.reward_lora import TrainableConfig
+from videoalign.reward.trainable import TrainableConfig
 
 
 
@@ -112,7 +112,7 @@ class TrainRewardConfig:
 
 def build_model(cfg: TrainRewardConfig, dims: list[str]):
     """(model, tokenizer, RewardConfig) in float32, from init_from, tiny-random or a base Qwen2-VL."""
-    from videoalign.reward_model import (
+    from videoalign.reward.model import (
         RANDOM_MODELS,
         RewardConfig,
         build_reward_model,
@@ -122,7 +122,7 @@ def build_model(cfg: TrainRewardConfig, dims: list[str]):
     )
 
     if cfg.init_from:
-        from videoalign.reward import VideoReward
+        from videoalign.reward.videoreward import VideoReward
 
         rm = VideoReward.from_pretrained(cfg.init_from, dtype="float32", device="cpu")
         if list(rm.config.dims) != list(dims):
@@ -219,8 +219,8 @@ def run(cfg: TrainRewardConfig) -> int:
     from videoalign.data import prefetch, read_train_pairs, write_atomic
     from videoalign.distributed import make_accelerator
     from videoalign.log import console, progress
-    from videoalign.reward import VideoReward
-    from videoalign.reward_lora import (
+    from videoalign.reward.videoreward import VideoReward
+    from videoalign.reward.trainable import (
         enable_activation_checkpointing,
         lora_factors,
         trainable_state,
@@ -325,7 +325,7 @@ def run(cfg: TrainRewardConfig) -> int:
         factors = lora_factors(peft_model)
         base = peft_model.unload()  # plain model, base weights, LoRA removed
         if cfg.export_layout == "reference":
-            from videoalign.reward_layouts import save_reference
+            from videoalign.reward.layouts import save_reference
 
             save_reference(base, tokenizer, rconfig, out / "final_reference", layout="full", step=total_steps,
                            lora_state=factors)

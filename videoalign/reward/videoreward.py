@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from videoalign.data import prefetch, video_key
-from videoalign.reward_inputs import RewardInputBuilder, TokenizedPrompt
-from videoalign.reward_layouts import CheckpointError, is_reference_root, load_reference
-from videoalign.reward_model import (
+from videoalign.reward.inputs import RewardInputBuilder, TokenizedPrompt
+from videoalign.reward.layouts import CheckpointError, is_reference_root, load_reference
+from videoalign.reward.model import (
     DEFAULT_MODEL,
     DTYPES,
     RANDOM_MODELS,
@@ -31,7 +31,7 @@ from videoalign.reward_model import (
     save_native,
 )
 from videoalign.video import read_video
-from videoalign.vision import preprocess_frames
+from videoalign.reward.vision import preprocess_frames
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ class SpeedDpoConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        from videoalign.generator import WAN
+        from videoalign.gen.generator import WAN
 
         frames, height, width, rank = MODEL_DEFAULTS[self.model]
         self.num_frames = frames if self.num_frames is None else self.num_frames
@@ -167,7 +167,7 @@ def resolve_device_dtype(cfg: SpeedDpoConfig) -> tuple[torch.device, str]:
 
 def build_template(cfg: SpeedDpoConfig, dtype: str):
     """A Generator holding only the base transformer, on the CPU; the variants copy it to the device."""
-    from videoalign.generator import DTYPES, WAN, Generator, _cast, load_generator
+    from videoalign.gen.generator import DTYPES, WAN, Generator, _cast, load_generator
 
     if cfg.model == TINY_RANDOM:
         gen = load_generator(TINY_RANDOM, dtype, "cpu", seed=cfg.seed)
@@ -193,7 +193,7 @@ def build_variant(name: Literal["ours", "ours_split", "naive"], template, cfg: S
     """Copy the template to `device` (naive: and deepcopy it as the frozen reference), then LoRA with the same seed
     on both sides, float32 LoRA masters and AdamW, as commands/align.py sets up training."""
     from videoalign.commands.dpo import DpoConfig
-    from videoalign.generator import DEFAULT_MODEL, WAN_LORA_TARGETS, add_lora
+    from videoalign.gen.generator import DEFAULT_MODEL, WAN_LORA_TARGETS, add_lora
 
     transformer = copy.deepcopy(template.transformer).to(device)
     reference = copy.deepcopy(transformer).requires_grad_(False).eval() if name == "naive" else None
@@ -216,7 +216,7 @@ def build_variant(name: Literal["ours", "ours_split", "naive"], template, cfg: S
 
 def ours_loss(variant: Variant, inputs: DpoInputs):
     """commands.dpo.dpo_step, as training calls it: (scalar loss, stats)."""
-    from videoalign.commands.align import Parts
+    from videoalign.gen.align import Parts
     from videoalign.commands.dpo import dpo_step
 
     transformer = variant.gen.transformer
@@ -228,7 +228,7 @@ def ours_split_loss(variant: Variant, inputs: DpoInputs):
     """commands.dpo.dpo_split_step (`backward: split`): runs its own backward passes; (detached loss, stats)."""
     import contextlib
 
-    from videoalign.commands.align import Parts
+    from videoalign.gen.align import Parts
     from videoalign.commands.dpo import dpo_split_step
 
     transformer = variant.gen.transformer
@@ -346,7 +346,7 @@ def build_and_measure(name: Literal["ours", "ours_split", "naive"], template, in
 def time_steps(variants: list[Variant], inputs: DpoInputs, steps: int, device: torch.device) -> dict[str, list]:
     """Seconds per training step of each variant, alternating between them step by step, so a slow spell of a
     shared machine hits both alike."""
-    from videoalign.commands.bench import _sync
+    from videoalign.commands.bench.speed_score import _sync
 
     times: dict[str, list] = {v.name: [] for v in variants}
     for _ in range(steps):
@@ -369,7 +369,7 @@ MEMORY_METHODS = {
 
 
 def run_speed_dpo(cfg: SpeedDpoConfig) -> int:
-    from videoalign.commands.bench import report
+    from videoalign.commands.bench.speed_score import report
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from videoalign.generator import (
+from videoalign.gen.generator import (
     TINY_RANDOM,
     WAN_LORA_TARGETS,
     add_lora,
@@ -269,7 +269,7 @@ def test_bad_input_fails_at_once(cli, inputs, run_ties, tmp_path):
 
 
 def test_real_recipe_resolves(inputs, shared_data, monkeypatch):
-    from videoalign.commands.bench_winrate import WinrateConfig
+    from videoalign.commands.bench.winrate import WinrateConfig
     from videoalign.config import build_config, load_recipe
 
     monkeypatch.chdir(REPO)  # the recipe names ../shared/data/... relative to the repo

@@ -1,4 +1,4 @@
-"""Tests for videoalign.vision: smart_resize, resize, normalise, patchify (REFERENCE 1.4-2.2).
+"""Tests for videoalign.reward.vision: smart_resize, resize, normalise, patchify (REFERENCE 1.4-2.2).
 
 The parity test reproduces the reference's `pixel_values_videos` for the six shared clips bit for
 bit: shape, float64 sum, and sha256 of the float32 tensor's C-contiguous bytes
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from videoalign.video import read_video
-from videoalign.vision import (
+from videoalign.reward.vision import (
     CLIP_MEAN,
     CLIP_STD,
     DEFAULT_MAX_PIXELS,

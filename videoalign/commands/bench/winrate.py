@@ -34,7 +34,7 @@ from typing import Literal
 
 from videoalign.commands.score import SCORE_SETTINGS, ScoreConfig
 from videoalign.config import config_to_dict
-from videoalign.generator import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
+from videoalign.gen.generator import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
 
 SIDES = ("base", "aligned")
 #: settings that change the videos (scores: reward.*): an output_dir made with other values cannot be resumed into
@@ -118,7 +118,7 @@ class WinrateConfig:
 def _family(model: str, name: str):
     """The model's family, or a ValueError naming the field. A missing local path (absolute, ./, ~, or not one
     `org/name` slash) is reported as such instead of being looked up on the hub."""
-    from videoalign.generator import family_of
+    from videoalign.gen.generator import family_of
 
     if model != TINY_RANDOM and not Path(model).exists() and (model.startswith(("/", ".", "~"))
                                                               or model.count("/") != 1):
@@ -194,7 +194,7 @@ def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
 def load_side(side: str, cfg: WinrateConfig, device, gen=None):
     """The generator of one side; `gen`, the base model when already loaded, is reused by the base side and takes
     the aligned side's LoRA (fused) or fine-tuned transformer. An aligned pipeline is loaded on its own."""
-    from videoalign.generator import load_generator, load_lora, load_transformer
+    from videoalign.gen.generator import load_generator, load_lora, load_transformer
 
     if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
         return load_generator(cfg.aligned, cfg.dtype, device)
@@ -324,7 +324,7 @@ def run(cfg: WinrateConfig) -> int:
     from videoalign.commands.score import score_into
     from videoalign.data import ScoreItem, read_prompt_file, video_key, write_atomic, write_jsonl_atomic
     from videoalign.distributed import broadcast_from_main, make_accelerator, shard
-    from videoalign.generator import check_lora_file, check_transformer_folder
+    from videoalign.gen.generator import check_lora_file, check_transformer_folder
     from videoalign.log import console
 
     # 1. everything that can fail at once, before any sampling

@@ -19,9 +19,9 @@ import shutil
 import pytest
 import torch
 
-from videoalign.reward import PreparedVideo, VideoReward
-from videoalign.reward_inputs import RewardInputBuilder, fill_template, load_template
-from videoalign.reward_layouts import (
+from videoalign.reward.videoreward import PreparedVideo, VideoReward
+from videoalign.reward.inputs import RewardInputBuilder, fill_template, load_template
+from videoalign.reward.layouts import (
     DEFAULT_LORA,
     CheckpointError,
     find_step_dir,
@@ -30,13 +30,13 @@ from videoalign.reward_layouts import (
     save_reference,
     to_reference_key,
 )
-from videoalign.reward_model import (
+from videoalign.reward.model import (
     RewardConfig,
     VideoRewardModel,
     build_tiny_random,
     tiny_random_tokenizer,
 )
-from videoalign.vision import preprocess_frames
+from videoalign.reward.vision import preprocess_frames
 
 DIMS = ("VQ", "MQ", "TA")
 PROMPTS = ["a red fox runs {fast} through snow", "a quiet harbour at dawn, boats rocking on small waves"]
@@ -824,7 +824,7 @@ def test_qwen2_vl_2b_random_has_the_real_architecture():
     """qwen2-vl-2b-random (built on the meta device here) has Qwen2-VL-2B-Instruct's parameter count:
     2,208,985,600 with the 151936-row vocabulary, minus 276 rows x 1536 after the resize to 151660
     (= 2,208,561,664), plus the 1536-weight reward head = 2,208,563,200."""
-    from videoalign.reward_model import (
+    from videoalign.reward.model import (
         QWEN2_VL_2B_VOCAB,
         RewardConfig,
         add_reward_tokens,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from videoalign.commands.bench_speed import (
+from videoalign.commands.bench.speed import (
     BENCHMARKS,
     CHECKS,
     SpeedSuiteConfig,
@@ -126,7 +126,7 @@ def test_suite_runs_one_benchmark_end_to_end(cli, tmp_path):
 
 def test_a_failing_benchmark_is_recorded_and_the_others_run(tmp_path, monkeypatch):
     """A benchmark that exits non-zero: its error line is kept, the next one still runs, the suite exits 1."""
-    import videoalign.commands.bench_speed as suite_module
+    import videoalign.commands.bench.speed as suite_module
 
     monkeypatch.setattr(suite_module, "plan", lambda cfg: {"dpo": ["--steps", "0"],
                                                            "guide": ["--steps", "1", "--repeats", "2"]})
@@ -152,9 +152,9 @@ def test_every_planned_argv_parses_into_its_config(device):
     import typer.main
 
     from videoalign.cli import app
-    from videoalign.commands.bench import SpeedRelabelConfig, SpeedScoreConfig, SpeedTrainRewardConfig
-    from videoalign.commands.bench_dpo import SpeedDpoConfig
-    from videoalign.commands.bench_guide import SpeedGuideConfig
+    from videoalign.commands.bench.speed_score import SpeedRelabelConfig, SpeedScoreConfig, SpeedTrainRewardConfig
+    from videoalign.commands.bench.speed_dpo import SpeedDpoConfig
+    from videoalign.commands.bench.speed_guide import SpeedGuideConfig
     from videoalign.config import build_config, load_recipe
 
     classes = {"score": SpeedScoreConfig, "relabel": SpeedRelabelConfig, "train-reward": SpeedTrainRewardConfig,

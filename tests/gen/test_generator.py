@@ -1,4 +1,4 @@
-"""videoalign.generator on the seeded tiny-random Wan (REFERENCE.md 10.1, 10.2, 10.5): parity with diffusers'
+"""videoalign.gen.generator on the seeded tiny-random Wan (REFERENCE.md 10.1, 10.2, 10.5): parity with diffusers'
 WanPipeline for text and latents, the transformer's timestep scale, LoRA (init, gradients, the disabled-adapter
 reference, save/load/fuse through WanLoraLoaderMixin), saving a pipeline, sampling, and the family checks.
 Everything runs on the CPU in float32 in a few seconds."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from videoalign.generator import (
+from videoalign.gen.generator import (
     TINY_RANDOM,
     WAN,
     WAN_LORA_TARGETS,
@@ -369,7 +369,7 @@ def test_wan_check_lora_targets():
 
 def test_bfloat16_cast_keeps_fp32_tensors_unrounded():
     """_cast never sends the float32-kept tensors (time embedder, norms, rope, scale_shift_table) through bf16."""
-    from videoalign.generator import _cast, tiny_random_components
+    from videoalign.gen.generator import _cast, tiny_random_components
 
     transformer = tiny_random_components(0)["transformer"]
     before = {n: t.clone() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
@@ -385,7 +385,7 @@ def test_load_lora_refuses_a_lora_for_another_model(tmp_path):
     """diffusers only warns about LoRA keys for modules the model lacks; load_lora fails with the module named."""
     from safetensors.torch import save_file
 
-    from videoalign.generator import check_lora_file
+    from videoalign.gen.generator import check_lora_file
 
     gen = load_generator(TINY_RANDOM, "float32")
     missing = tmp_path / "missing.safetensors"

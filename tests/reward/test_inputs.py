@@ -1,4 +1,4 @@
-"""Tests for videoalign.reward_inputs: the rubric template, the chat layout, collation (REFERENCE 3.1-3.4).
+"""Tests for videoalign.reward.inputs: the rubric template, the chat layout, collation (REFERENCE 3.1-3.4).
 
 The layout test rebuilds the REFERENCE 3.2 string by hand (the reference's `template.format(text_prompt=...)`,
 literal chat markers) and checks that the package's ids decode to it and equal the ids of tokenising that
@@ -13,9 +13,9 @@ from importlib import resources
 import pytest
 import torch
 
-from videoalign.reward_inputs import RewardInputBuilder, TokenizedPrompt, load_template
-from videoalign.reward_model import build_tiny_random
-from videoalign.vision import VideoPixels, preprocess_frames
+from videoalign.reward.inputs import RewardInputBuilder, TokenizedPrompt, load_template
+from videoalign.reward.model import build_tiny_random
+from videoalign.reward.vision import VideoPixels, preprocess_frames
 
 TEMPLATE_SHA256 = "fdb6309bac618dd0c8b1b589d3a0970a974f7856eecbb355a190b2dce54af700"
 TEMPLATE_BYTES = 3997
@@ -122,7 +122,7 @@ def test_layout_tiny_random_tokenizer(tiny):
 
 def test_layout_parity_base_tokenizer(shared_data):
     """The parity base's tokenizer (saved by transformers 4.45), reward tokens added as at load time."""
-    from videoalign.reward_model import add_reward_tokens, load_tokenizer
+    from videoalign.reward.model import add_reward_tokens, load_tokenizer
 
     tokenizer = load_tokenizer(str(shared_data / "videoreward" / "parity" / "tiny_qwen2vl_base"))
     assert add_reward_tokens(tokenizer, ["VQ", "MQ", "TA"]) == [1014, 1015, 1016]  # parity JSON meta
@@ -176,7 +176,7 @@ def test_collate_right_pads_with_the_pad_id(pad_token_id):
 
 
 def test_builder_refuses_a_tokenizer_without_reward_tokens():
-    from videoalign.reward_model import tiny_random_tokenizer
+    from videoalign.reward.model import tiny_random_tokenizer
 
     with pytest.raises(ValueError, match="VQ_reward"):
         RewardInputBuilder(tiny_random_tokenizer())

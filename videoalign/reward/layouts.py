@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videoalign.reward_model import (
+from videoalign.reward.model import (
     TINY_RANDOM,
     RewardConfig,
     VideoRewardModel,

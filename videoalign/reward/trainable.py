@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from videoalign.reward_layouts import lora_targets
+from videoalign.reward.layouts import lora_targets
 
 
 @dataclass

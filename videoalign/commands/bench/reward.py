@@ -125,7 +125,7 @@ def markdown(figures: dict, cfg: RewardBenchConfig, skipped: int) -> str:
 
 def calibrate(records: list[dict], dims: list[str], model: str) -> dict[str, dict[str, float]]:
     """Mean and population std of raw scores per dimension; stored in the checkpoint folder `model`."""
-    from videoalign.reward_model import update_normalization
+    from videoalign.reward.model import update_normalization
 
     ok = [r for r in records if "error" not in r]
     if len(ok) < 2:

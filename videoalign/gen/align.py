@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from videoalign.generator import DEFAULT_MODEL, WAN_LORA_TARGETS
+from videoalign.gen.generator import DEFAULT_MODEL, WAN_LORA_TARGETS
 
 
 @dataclass
@@ -125,7 +125,7 @@ def check_training_fields(cfg, positive: tuple[str, ...]):
     """The checks every latent-training config shares (dpo, rwr, train-latent-rm): a data file, the named
     counts >= 1, max_steps, and the model family's dtype, frame count (Wan: 4k+1) and size (multiples of 16).
     Raises ValueError naming the field; returns the family (generator.Family)."""
-    from videoalign.generator import family_of
+    from videoalign.gen.generator import family_of
 
     if not cfg.data:
         raise ValueError("data is required: a pair JSONL from videoalign relabel or a reference pair CSV")
@@ -202,7 +202,7 @@ def prepare_cache(cfg, gen, videos: list[Path], prompts: list[str], accelerator,
     """Encode what is missing (sharded over processes), then return the cache and {video: error} of failures.
     cfg: any config with AlignConfig's model, clip (num_frames, height, width, fps, resize), latent_cache,
     cache_dir, output_dir and num_workers fields."""
-    from videoalign.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents
+    from videoalign.gen.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents
     from videoalign.log import progress
 
     spec = CacheSpec(cfg.model, cfg.num_frames, cfg.height, cfg.width, cfg.fps, cfg.resize, gen.text_max_length)
@@ -274,7 +274,7 @@ def export(cfg: AlignConfig, parts: Parts, out: Path, ema: Ema | None, console, 
     from peft.utils import get_peft_model_state_dict
 
     from videoalign.distributed import full_tensors, reshard, unsharded_copy
-    from videoalign.generator import load_generator, load_lora, save_lora, save_pipeline
+    from videoalign.gen.generator import load_generator, load_lora, save_lora, save_pipeline
 
     transformer = parts.transformer
     reshard(transformer)  # FSDP2: the shards, not gathered tensors left by a forward without backward
@@ -331,7 +331,7 @@ def run_training(cfg: AlignConfig, objective: Objective, accelerator, problems: 
     from videoalign.config import config_to_dict
     from videoalign.data import write_atomic
     from videoalign.distributed import full_optimizer_state, full_tensors, is_sharded, shard_like
-    from videoalign.generator import add_lora, load_generator
+    from videoalign.gen.generator import add_lora, load_generator
     from videoalign.log import console, progress
 
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process

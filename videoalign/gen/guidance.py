@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from videoalign.latent_reward import LatentRewardModel, reward_gradient, weight_vector
+from videoalign.gen.latent_reward import LatentRewardModel, reward_gradient, weight_vector
 
 
 def guided_velocity(v: torch.Tensor, grad: torch.Tensor, t: float | torch.Tensor, scale: float) -> torch.Tensor:

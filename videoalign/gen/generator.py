@@ -380,7 +380,7 @@ def tiny_text_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from videoalign.reward_inputs import fill_template, load_template
+    from videoalign.reward.inputs import fill_template, load_template
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)

@@ -1,4 +1,4 @@
-"""videoalign.guidance (Flow-NRG, REFERENCE.md 10.7): the guided-velocity formula on golden values, the hook's
+"""videoalign.gen.guidance (Flow-NRG, REFERENCE.md 10.7): the guided-velocity formula on golden values, the hook's
 exactness at scale 0 (bit-identical to unguided sampling), and its effect on the seeded tiny-random Wan with a
 hand-set latent reward whose two heads read the means of latent channels 0 and 1: guidance raises the guided
 reward, more for a larger scale, and the weights pick which channel moves. CPU, float32."""
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from videoalign.flow import sampling_times
-from videoalign.generator import TINY_RANDOM, load_generator
-from videoalign.guidance import guided_velocity, make_guidance_hook, parse_guidance_weights
+from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.guidance import guided_velocity, make_guidance_hook, parse_guidance_weights
 
 LATENT = (16, 3, 4, 4)
 SEEDS = [0, 1, 2, 3]

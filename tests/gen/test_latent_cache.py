@@ -1,4 +1,4 @@
-"""videoalign.latent_cache: frame fitting, and the cache invariants (ARCHITECTURE.md rule 10): cached latents equal
+"""videoalign.gen.latent_cache: frame fitting, and the cache invariants (ARCHITECTURE.md rule 10): cached latents equal
 on-the-fly encoding exactly, each unique video and prompt is encoded once, a re-run encodes nothing, another spec
 gets other entries, a broken clip is recorded and skipped, and sharding over processes covers everything once.
 Videos are real mp4s (9 frames, 32 x 32, 8 fps) written with videoalign.video.write_video; the model is the
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videoalign.generator import TINY_RANDOM, load_generator
-from videoalign.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents, fit_frames
+from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents, fit_frames
 from videoalign.video import VideoError, read_clip, write_video
 
 SPEC = CacheSpec(model=TINY_RANDOM, num_frames=9, height=32, width=32, fps=None, resize="crop", text_max_length=32)

@@ -167,7 +167,7 @@ def test_bench_dpo_ours_and_naive_compute_the_same_loss():
     stats and LoRA gradients."""
     import torch
 
-    from videoalign.commands import bench_dpo
+    from videoalign.commands.bench import speed_dpo as bench_dpo
 
     cfg = bench_dpo.SpeedDpoConfig(batch_size=2, beta=500.0)
     template = bench_dpo.build_template(cfg, "float32")

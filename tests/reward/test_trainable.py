@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from videoalign.losses import btt_loss, reduce_loss
-from videoalign.reward import VideoReward
-from videoalign.reward_lora import TrainableConfig, enable_activation_checkpointing, lora_factors, wrap_for_training
-from videoalign.reward_model import RewardConfig, build_tiny_random
-from videoalign.vision import preprocess_frames
+from videoalign.reward.videoreward import VideoReward
+from videoalign.reward.trainable import TrainableConfig, enable_activation_checkpointing, lora_factors, wrap_for_training
+from videoalign.reward.model import RewardConfig, build_tiny_random
+from videoalign.reward.vision import preprocess_frames
 
 
 def _batch(rm: VideoReward, seed: int = 0):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videoalign.reward_inputs import DEFAULT_DIMS, reward_token
+from videoalign.reward.inputs import DEFAULT_DIMS, reward_token
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def tiny_random_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from videoalign.reward_inputs import fill_template, load_template
+    from videoalign.reward.inputs import fill_template, load_template
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

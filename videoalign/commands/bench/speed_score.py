@@ -67,7 +67,7 @@ def run_speed_score(cfg: SpeedScoreConfig) -> int:
     import torch
 
     from videoalign.data import prefetch, read_score_csv
-    from videoalign.reward import VideoReward
+    from videoalign.reward.videoreward import VideoReward
 
     items = [it for it in read_score_csv(cfg.csv) if not it.error]
     if not items:
@@ -223,7 +223,7 @@ def run_speed_train_reward(cfg: SpeedTrainRewardConfig) -> int:
     from videoalign.commands.train_reward import TrainRewardConfig
     from videoalign.commands.train_reward import run as run_train
     from videoalign.data import read_jsonl
-    from videoalign.reward_lora import TrainableConfig
+    from videoalign.reward.trainable import TrainableConfig
 
     with tempfile.TemporaryDirectory(prefix="videoalign-bench-") as tmp:
         train_cfg = TrainRewardConfig(

@@ -42,7 +42,7 @@ from typing import Literal
 
 import torch
 
-from videoalign.commands.bench_dpo import TINY_RANDOM, WAN_1_3B_RANDOM
+from videoalign.commands.bench.speed_dpo import TINY_RANDOM, WAN_1_3B_RANDOM
 
 #: (num_frames, height, width, k, num_layers) when not set
 MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 4, 30), WAN_1_3B_RANDOM: (81, 480, 832, 4, 30)}
@@ -85,7 +85,7 @@ class SpeedGuideConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        from videoalign.generator import WAN
+        from videoalign.gen.generator import WAN
 
         frames, height, width, k, layers = MODEL_DEFAULTS[self.model]
         self.num_frames = frames if self.num_frames is None else self.num_frames
@@ -127,7 +127,7 @@ def tiny_at_depth(template, num_layers: int, seed: int):
 
 def build_reward(transformer, k: int, seed: int):
     """A k-block latent reward model (3 dims) from the transformer, with small random head weights."""
-    from videoalign.latent_reward import LatentRewardConfig, build_latent_reward
+    from videoalign.gen.latent_reward import LatentRewardConfig, build_latent_reward
 
     rm = build_latent_reward(transformer, LatentRewardConfig(k=k))
     g = torch.Generator().manual_seed(seed)
@@ -158,7 +158,7 @@ class CallCounter:
 
 def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook, device) -> list[float]:
     """One sample run; returns the seconds of its steps 2 .. steps - 1 (module docstring)."""
-    from videoalign.commands.bench import _sync
+    from videoalign.commands.bench.speed_score import _sync
 
     stamps = []
 
@@ -176,9 +176,9 @@ def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook,
 def run_speed_guide(cfg: SpeedGuideConfig) -> int:
     import dataclasses
 
-    from videoalign.commands.bench import report
-    from videoalign.commands.bench_dpo import build_template, resolve_device_dtype
-    from videoalign.guidance import make_guidance_hook
+    from videoalign.commands.bench.speed_score import report
+    from videoalign.commands.bench.speed_dpo import build_template, resolve_device_dtype
+    from videoalign.gen.guidance import make_guidance_hook
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

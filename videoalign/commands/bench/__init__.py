@@ -1,0 +1,1 @@
+"""Command wiring: one module per subcommand (see videoalign/cli)."""
