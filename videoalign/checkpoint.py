@@ -52,6 +52,11 @@ def latest(output_dir: Path) -> Path | None:
     return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
 
 
+def read_state(path: Path) -> dict:
+    """A checkpoint's state.json (step, world size, what it was written for)."""
+    return json.loads((path / "state.json").read_text())
+
+
 def save(output_dir: Path, step: int, trainable: dict, optimizer, scheduler, extra: dict, rank: int, world: int,
          barrier, tensors: dict | None = None) -> Path:
     """Every rank writes its RNG; rank 0 writes the rest into a temp folder and renames it when complete.
@@ -106,7 +111,7 @@ def load(path: Path, model, optimizer, scheduler, rank: int, place=None) -> dict
                                            v.shape == ordered[i].shape else v for k, v in state.items()}
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
-    state = json.loads((path / "state.json").read_text())
+    state = read_state(path)
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))

@@ -81,6 +81,14 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def write_resolved(cfg, path: str | Path, main: bool = True) -> None:
+    """The resolved config of a run as YAML (`resolved_recipe.yaml`), written atomically by the main process."""
+    if main:
+        from videoalign.data import write_atomic
+
+        write_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
 # --- internals -------------------------------------------------------------------------------------------
 
 

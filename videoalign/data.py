@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections import deque
@@ -110,9 +111,26 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def strict_json(value):
+    """`value` with every non-finite float (NaN, +-inf) replaced by None: JSON that strict readers accept. Every
+    JSON and JSONL file videoalign writes goes through it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One strict JSON line (with its newline)."""
+    return json.dumps(strict_json(record), ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Append records with one write call and fsync, so a kill leaves whole lines (or one torn last line)."""
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    payload = "".join(json_line(r) for r in records).encode("utf-8")
     if not payload:
         return
     path = Path(path)
@@ -149,7 +167,75 @@ def write_atomic(path: str | Path, text: str) -> None:
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(path, "".join(json_line(r) for r in records))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """A strict, indented JSON file, written atomically."""
+    write_atomic(path, json.dumps(strict_json(value), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+class ResumableOutput:
+    """A JSONL output that several processes fill and a rerun resumes, without losing or repeating a record.
+
+    While a job runs, each rank appends finished records to `<path>.parts/rank<r>.jsonl` (append_jsonl: whole lines
+    only, fsync). `done()` reads the final file, then the parts of an interrupted run, keeping the latest record per
+    `key(record)`. At the end the main process `merge`s everything into `path` in a given order (a temp file renamed
+    into place) and deletes the parts. The settings that change the records are saved beside it (`settings_file`,
+    YAML); `check_settings` refuses to resume with other values, naming each field.
+    Used by score (and through it relabel, bench reward, bench winrate) and guide.
+    """
+
+    def __init__(self, path: str | Path, key: Callable[[dict], Any], settings_file: str | Path):
+        self.path, self.key, self.settings_file = Path(path), key, Path(settings_file)
+        self.parts = self.path.with_name(self.path.name + ".parts")
+
+    def exists(self) -> bool:
+        return self.path.is_file() or self.parts.is_dir()
+
+    def check_settings(self, settings: dict, what: str = "records") -> None:
+        """Raise a ValueError naming each setting that differs from the saved ones (when records exist)."""
+        import yaml
+
+        if not self.settings_file.is_file() or not self.exists():
+            return
+        saved = yaml.safe_load(self.settings_file.read_text()) or {}
+        changed = [k for k in settings if k in saved and saved[k] != settings[k]]
+        if changed:
+            diffs = ", ".join(f"{k}: {saved[k]!r} -> {settings[k]!r}" for k in changed)
+            raise ValueError(f"{self.path} holds {what} made with other settings ({diffs}); use a new output or the "
+                             "same settings to resume")
+
+    def save_settings(self, config: dict) -> None:
+        import yaml
+
+        write_atomic(self.settings_file, yaml.safe_dump(config, sort_keys=False))
+
+    def done(self) -> dict[Any, dict]:
+        """Records already written, latest per key: the final file, then the parts of an interrupted run."""
+        out: dict[Any, dict] = {}
+        for source in [self.path, *sorted(self.parts.glob("*.jsonl"))] if self.parts.is_dir() else [self.path]:
+            for record in read_jsonl(source):
+                key = self.key(record)
+                if key is not None:
+                    out[key] = record
+        return out
+
+    def append(self, rank: int, records: list[dict]) -> None:
+        append_jsonl(self.parts / f"rank{rank}.jsonl", records)
+
+    def merge(self, order: list) -> list[dict]:
+        """Write every record into `path`: those of the keys in `order` first, in that order, then the others (a
+        shared cache keeps them), once each; delete the parts. Returns the ordered records that exist."""
+        records = self.done()
+        ordered = [records[k] for k in order if k in records]
+        wanted = set(order)
+        write_jsonl_atomic(self.path, ordered + [r for k, r in records.items() if k not in wanted])
+        if self.parts.is_dir():
+            for f in self.parts.glob("*.jsonl"):
+                f.unlink()
+            self.parts.rmdir()
+        return ordered
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[tuple[T, R | Exception]]:
@@ -184,13 +270,15 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int)
 
 @dataclass
 class RelabelInput:
-    """Rows of a relabel input. kind "manifest": rows have video, prompt, group, model; kind "pairs": rows
-    have path_A, path_B, prompt. Paths are resolved against `root` (the input's folder, or the cwd for -)."""
+    """A relabel input. kind "manifest": `rows` have video, prompt, group, model; kind "pairs": `pairs` is what
+    labels.read_pairs found (a pair CSV, or relabel's own pairs JSONL). Paths are resolved against `root` (the
+    input's folder, or the cwd for -)."""
 
     kind: str
     rows: list[dict[str, Any]]
     root: Path
     name: str
+    pairs: Any = None
 
 
 def read_relabel_input(source: str) -> RelabelInput:
@@ -225,9 +313,12 @@ def read_relabel_input(source: str) -> RelabelInput:
         columns = {c.strip() for c in (reader.fieldnames or [])}
         rows = [{**{(k or "").strip(): v for k, v in row.items()}, "_row": n} for n, row in
                 enumerate(reader, start=2)]
-    if {"path_A", "path_B", "prompt"} <= columns:
-        kind = "pairs"
-    elif {"video", "prompt"} <= columns:
+    if {"path_A", "path_B", "prompt"} <= columns or {"chosen", "rejected", "prompt"} <= columns:
+        from videoalign.labels import read_pairs
+
+        found = read_pairs(name, root, dims=[], check_videos=False, text=text)
+        return RelabelInput("pairs", [], root, name, found)
+    if {"video", "prompt"} <= columns:
         kind = "manifest"
     else:
         found = ",".join(sorted(c for c in columns if not c.startswith("_"))) or "nothing"
@@ -236,127 +327,85 @@ def read_relabel_input(source: str) -> RelabelInput:
     return RelabelInput(kind, rows, root, name)
 
 
-@dataclass
-class LabelledPair:
-    """A human-judged pair. labels: dimension (or "Overall") -> 1 (A better), -1 (B better), 0 (tie) or NaN."""
+@dataclass(frozen=True)
+class RewardedVideo:
+    """A video with its reward, for Flow-RWR: `chosen` is False for the rejected side of a pair."""
 
-    row: int
-    video_a: str  # as the pair file writes it
-    video_b: str
-    path_a: Path
-    path_b: Path
+    line: int
     prompt: str
-    labels: dict[str, float]
+    path: Path
+    reward: float | None
+    chosen: bool = True
 
 
-def read_labelled_pairs(source: str | Path, videos_root: str | Path | None = None,
-                        dims: tuple[str, ...] = ("VQ", "MQ", "TA")) -> list[LabelledPair]:
-    """VideoGen-RewardBench / reference pair CSV (path_A, path_B, prompt, VQ, MQ, TA[, Overall]) or GenAI-Bench
-    votes (left_video, right_video, prompt, vote_type), as CSV or JSONL. Videos resolve against
-    `videos_root`, else the file's folder."""
-    from videoalign.metrics import label_from_pair, label_from_vote
+def read_rewarded_videos(source: str | Path, videos_root: str | Path | None = None,
+                         weights: dict[str, float] | None = None,
+                         need_rewards: bool = True) -> tuple[list[RewardedVideo], list[str]]:
+    """Videos with rewards: both sides of each pair of a pair file (labels.read_preferences; reward = the weighted
+    scores of relabel's JSONL), or every record of score's JSONL (reward = its weighted scores, default 1:1:1).
+    need_rewards=False accepts a label-only pair CSV (uniform weighting). Returns (videos, problems)."""
+    from videoalign.labels import DIMS, read_preferences
+    from videoalign.preferences import weighted_reward
 
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"{path}: no such pair file; check --pairs")
+        raise DataError(f"{path}: no such file; check the data path in the recipe")
     text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip()[:1] == "{":
-        rows = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    else:
-        import io
-
-        rows = list(enumerate(csv.DictReader(io.StringIO(text)), start=2))
-    columns = set().union(*(r.keys() for _, r in rows)) if rows else set()
+    jsonl = text.lstrip()[:1] == "{"
+    rows = json_lines(text) if jsonl else []
+    # a pair file if any line looks like a pair: a first line that lacks "chosen" must stay one problem
+    if not jsonl or any(isinstance(r, dict) and ("chosen" in r or "rejected" in r) for _, r in rows):
+        found = read_preferences(path, videos_root)
+        pairs, problems = found.pairs, found.problems
+        if need_rewards:
+            unscored = [p for p in pairs if p.rewards() is None]
+            if unscored and len(unscored) == len(pairs):
+                raise DataError(f"{path}: has labels but no scores; run videoalign relabel on it first, or use "
+                                "weighting uniform")
+            problems += [f"{path} line {p.line}: no scores; rerun videoalign relabel on it" for p in unscored]
+            pairs = [p for p in pairs if p.rewards() is not None]
+        videos = []
+        for p in pairs:
+            r = p.rewards(weights) or (None, None)
+            videos.append(RewardedVideo(p.line, p.prompt, p.path_a, r[0], True))
+            videos.append(RewardedVideo(p.line, p.prompt, p.path_b, r[1], False))
+        return videos, problems
     root = Path(videos_root) if videos_root else path.parent
-    pairs = []
-    if {"path_A", "path_B", "prompt"} <= columns:
-        label_columns = [c for c in (*dims, "Overall") if c in columns]
-        if not label_columns:
-            raise DataError(f"{path}: no label columns ({', '.join(dims)}, Overall); add at least one")
-        for n, r in rows:
-            labels = {c: label_from_pair(str(r.get(c) or "").strip()) for c in label_columns}
-            pairs.append(LabelledPair(n, r["path_A"], r["path_B"], root / r["path_A"], root / r["path_B"],
-                                      r.get("prompt") or "", labels))
-    elif {"left_video", "right_video", "vote_type"} <= columns:
-        for n, r in rows:
-            label = label_from_vote(str(r.get("vote_type") or "").strip())
-            prompt = r.get("prompt") or r.get("text") or ""
-            pairs.append(LabelledPair(n, r["left_video"], r["right_video"], root / r["left_video"],
-                                      root / r["right_video"], prompt, {"Overall": label}))
-    else:
-        found = ",".join(sorted(columns)) or "nothing"
-        raise DataError(f"{path}: needs path_A,path_B,prompt,<labels> (VideoGen-RewardBench) or "
-                        f"left_video,right_video,vote_type,prompt (GenAI-Bench); found {found}")
-    return pairs
-
-
-#: label cell -> training label (REFERENCE.md 7.1): "invalid" and empty cells are masked (22), as the reference
-TRAIN_LABELS = {"A": 1, "B": -1, "same": 0, "invalid": 22, "": 22}
-NOT_LABEL_COLUMNS = {"path_A", "path_B", "prompt", "A_model", "B_model", "Overall"}
-
-
-@dataclass
-class TrainPair:
-    """A training pair: labels (one per dimension) are 1 (A better), -1 (B better), 0 (tie) or 22 (masked)."""
-
-    row: int
-    path_a: Path
-    path_b: Path
-    prompt: str
-    labels: list[int]
-    num_frames_a: int | None = None
-    num_frames_b: int | None = None
-
-
-def label_columns(columns: Iterable[str]) -> list[str]:
-    """The dimension columns of a pair CSV: every column that is not a path, prompt, model, fps, frame count or
-    MOS column, in file order (so `VQ,MQ,TA` gives three reward tokens, `Aesthetics` one)."""
-    return [c for c in columns if c not in NOT_LABEL_COLUMNS
-            and not c.startswith(("fps_", "num_frames_", "MOS_"))]
-
-
-def read_train_pairs(path: str | Path, dims: list[str] | None = None, videos_root: str | Path | None = None):
-    """Read a reference-format training CSV. Returns (dims, pairs, problems): rows with an unknown label, a
-    missing video or no prompt are reported in `problems` (with their row number) and skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such pair CSV; check the data path in the recipe")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = list(reader)
-    missing = [c for c in ("path_A", "path_B", "prompt") if c not in columns]
-    if missing:
-        raise DataError(f"{path}: missing columns {','.join(missing)}; a pair CSV needs path_A,path_B,prompt,<dims>")
-    dims = list(dims) if dims else label_columns(columns)
-    absent = [d for d in dims if d not in columns]
-    if not dims or absent:
-        raise DataError(f"{path}: no label column for {','.join(absent) or 'any dimension'}; add one column per "
-                        "dimension with labels A, B or same")
-    root = Path(videos_root) if videos_root else path.parent
-    pairs, problems = [], []
-    for number, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        bad = [f"{d}={row.get(d)!r}" for d in dims if row.get(d, "") not in TRAIN_LABELS]
-        if bad:
-            problems.append(f"{path} row {number}: unknown label {', '.join(bad)}; use A, B, same or invalid")
+    w = weights or {d: 1.0 for d in DIMS}
+    videos, problems = [], []
+    for n, row in rows:
+        where = f"{path} line {n}"
+        if isinstance(row, Exception) or not isinstance(row, dict):
+            problems.append(f"{where}: not a JSON object")
             continue
-        if not row.get("prompt"):
-            problems.append(f"{path} row {number}: empty prompt; fill it in")
+        if "error" in row:
+            problems.append(f"{where}: {row.get('video')} has no score ({row['error']})")
             continue
-        a, b = root / row["path_A"], root / row["path_B"]
-        absent_files = [str(p) for p in (a, b) if not p.is_file()]
-        if absent_files:
-            problems.append(f"{path} row {number}: missing video {', '.join(absent_files)}")
+        try:
+            value = row.get("path") or row["video"]
+            video = Path(value) if Path(value).is_absolute() else root / value
+            reward = weighted_reward(row, w)
+            prompt = row["prompt"]
+        except (KeyError, TypeError) as exc:
+            problems.append(f"{where}: missing field {exc}; score records need video, prompt and {', '.join(w)}")
             continue
+        if not video.is_file():
+            problems.append(f"{where}: missing video {video}; fix the path or drop the line")
+            continue
+        videos.append(RewardedVideo(n, prompt, video, float(reward)))
+    return videos, problems
 
-        def frames(key):
-            value = row.get(key)
-            return int(float(value)) if value else None
 
-        pairs.append(TrainPair(number, a, b, row["prompt"], [TRAIN_LABELS[row[d]] for d in dims],
-                               frames("num_frames_A"), frames("num_frames_B")))
-    return dims, pairs, problems
+def json_lines(text: str) -> list[tuple[int, Any]]:
+    """[(line number, record or the parse error)] of the non-blank lines of a JSONL text."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                rows.append((n, exc))
+    return rows
 
 
 def read_prompt_file(path: str | Path) -> list[str]:

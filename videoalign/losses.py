@@ -5,7 +5,7 @@ D works) and returns the **per-element** loss and its mask, both (B, D). Masked 
 (never NaN), so `loss * mask` and `loss` agree. The caller reduces with `reduce_loss`; the reference's reduction is
 `compat`, the mean over all B*D entries, masked ones included (7.3).
 
-Labels per entry (7.1): 1 = A better, -1 = B better, 0 = tie, 22 = invalid (`labels_from_strings`).
+Labels per entry (7.1): 1 = A better, -1 = B better, 0 = tie, 22 = invalid (videoalign.labels).
 The chosen/rejected convention: chosen = r_a where label == 1, else r_b; rejected = the other side; d = chosen -
 rejected. Ties and invalid entries get chosen = B, which is harmless because the tie loss is symmetric in d.
 
@@ -23,41 +23,16 @@ Equations (sigma = logistic function, theta > 1, ln = natural log):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Label of an invalid / unusable entry; masked out by every loss (REFERENCE.md 7.1).
-INVALID = 22
-#: CSV label string -> label (REFERENCE.md 7.1). Matched exactly (case and whitespace matter), as the reference does.
-LABELS = {"A": 1, "B": -1, "same": 0}
+from videoalign.labels import INVALID
+
 _ALLOWED_LABELS = (1, -1, 0, INVALID)
 
 Reduction = Literal["compat", "masked_mean"]
-
-
-def _label_of(value: Any) -> int:
-    # dict lookup on an unhashable value would raise; anything that is not one of the three strings is invalid
-    return LABELS.get(value, INVALID) if isinstance(value, str) else INVALID
-
-
-def labels_from_strings(values: Iterable[Any]) -> torch.Tensor:
-    """Map CSV label strings to integer labels: "A" -> 1, "B" -> -1, "same" -> 0, anything else -> 22.
-
-    "Anything else" includes "invalid", "", None, NaN, numbers and differently cased or padded strings.
-
-    Args:
-        values: a flat or nested (e.g. (B, D)) sequence or array of label cells.
-
-    Returns:
-        LongTensor with the shape of `values` (e.g. (B,) or (B, D)).
-    """
-    cells = np.asarray(values, dtype=object)
-    mapped = np.fromiter((_label_of(v) for v in cells.flat), dtype=np.int64, count=cells.size)
-    return torch.from_numpy(mapped.reshape(cells.shape))
 
 
 def _check(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -72,7 +47,7 @@ def _check(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor | None = N
         if not bool(known.all()):
             bad = sorted(set(labels[~known].tolist()))
             raise ValueError(f"labels must be 1 (A), -1 (B), 0 (tie) or {INVALID} (invalid); got {bad}. "
-                             "Build them with labels_from_strings.")
+                             "Build them with videoalign.labels.read_pairs.")
 
 
 def chosen_rejected(r_a: torch.Tensor, r_b: torch.Tensor,

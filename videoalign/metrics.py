@@ -33,11 +33,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: GenAI-Bench video `vote_type` -> human label (left = A); ties and "both bad" are ties (REFERENCE.md 9.2).
-VOTE_LABELS = {"leftvote": 1, "rightvote": -1, "tievote": 0, "bothbad_vote": 0}
-#: VideoGen-RewardBench pair-CSV label -> human label (REFERENCE.md 7.1, 9.3).
-PAIR_LABELS = {"A": 1, "B": -1, "same": 0}
-
 
 class TieResult(NamedTuple):
     """Accuracy with ties and where it was reached."""
@@ -52,19 +47,6 @@ class TieResult(NamedTuple):
     """number of pairs N, NaN-labelled ones included."""
 
 
-def label_from_vote(vote: Any) -> float:
-    """GenAI-Bench vote -> label: leftvote 1, rightvote -1, tievote 0, bothbad_vote 0, anything else NaN."""
-    return float(VOTE_LABELS[vote]) if isinstance(vote, str) and vote in VOTE_LABELS else math.nan
-
-
-def label_from_pair(value: Any) -> float:
-    """Pair-CSV label -> label: "A" 1, "B" -1, "same" 0, anything else (incl. "invalid", "", None) NaN.
-
-    Matched exactly, as the reference's `Series.map({'A': 1, 'B': -1, 'same': 0})` does.
-    """
-    return float(PAIR_LABELS[value]) if isinstance(value, str) and value in PAIR_LABELS else math.nan
-
-
 def _as_arrays(human: Sequence[float], margin: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(N,) float arrays; human labels must be 1, -1, 0 or NaN (None becomes NaN)."""
     h = np.asarray(human, dtype=np.float64).reshape(-1)
@@ -74,7 +56,7 @@ def _as_arrays(human: Sequence[float], margin: Sequence[float]) -> tuple[np.ndar
     bad = ~(np.isnan(h) | (h == 1) | (h == -1) | (h == 0))
     if bad.any():
         raise ValueError(f"human labels must be 1, -1, 0 or NaN; got {sorted(set(h[bad].tolist()))[:5]}. "
-                         "Map raw labels with label_from_pair / label_from_vote.")
+                         "Map INVALID labels (videoalign.labels) to NaN.")
     return h, m
 
 
@@ -136,6 +118,21 @@ def accuracy_with_ties(human: Sequence[float], margin: Sequence[float]) -> TieRe
     thresholds, numerators = _tie_states(h, m)
     best = int(np.argmax(numerators))  # first maximum: the smallest eps
     return TieResult(int(numerators[best]) / n, float(thresholds[best]), int((h == 0).sum()) / n, n)
+
+
+def accuracy_figures(human: Sequence[float], margin: Sequence[float], compat: bool = False) -> dict:
+    """The accuracy figures every output reports under these keys (docs/formats.md): accuracy_without_ties,
+    accuracy_with_ties, tie_threshold, human_tie_rate and pairs. The exact tie sweep, or the reference's
+    calc_accuracy.py with `compat`. JSON has no infinity: a tie threshold that is not finite is None, with a
+    `tie_threshold_note` saying why (-inf: predicting no ties is best; NaN: no pairs)."""
+    tied = (accuracy_with_ties_compat if compat else accuracy_with_ties)(human, margin)
+    figures = {"accuracy_without_ties": accuracy_without_ties(human, margin), "accuracy_with_ties": tied.accuracy,
+               "tie_threshold": tied.threshold, "human_tie_rate": tied.human_tie_rate, "pairs": tied.pairs}
+    if not math.isfinite(tied.threshold):
+        figures["tie_threshold"] = None
+        figures["tie_threshold_note"] = ("-inf: the best threshold predicts no ties" if tied.threshold == -math.inf
+                                         else "undefined: no pairs")
+    return figures
 
 
 def tie_accuracy_curve(human: Sequence[float], margin: Sequence[float]) -> tuple[list[float], list[float]]:

@@ -48,7 +48,7 @@ def accuracy_curves(curves: dict[str, tuple[list[float], list[float]]], path: st
 
 def accuracy_by_noise(accuracy: dict[str, dict[str, dict]], path: str | Path, title: str = "") -> Path:
     """Accuracy against the noise level t, one colour per dimension: accuracy[dim][bin label "lo-hi"] =
-    {"acc_without_ties", "acc_with_ties", ...} (values in [0, 1] or None). Solid: without ties; dashed: with."""
+    {"accuracy_without_ties", "accuracy_with_ties", ...} (values in [0, 1] or None). Solid: without ties; dashed: with."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +58,7 @@ def accuracy_by_noise(accuracy: dict[str, dict[str, dict]], path: str | Path, ti
     for i, (dim, bins) in enumerate(accuracy.items()):
         centres = [sum(float(x) for x in label.split("-")) / 2 for label in bins]
         colour = f"C{i}"
-        for key, style, name in (("acc_without_ties", "-o", "without ties"), ("acc_with_ties", "--s", "with ties")):
+        for key, style, name in (("accuracy_without_ties", "-o", "without ties"), ("accuracy_with_ties", "--s", "with ties")):
             values = [100 * v[key] if v.get(key) is not None else float("nan") for v in bins.values()]
             ax.plot(centres, values, style, color=colour, label=f"{dim} {name}", markersize=4)
     ax.axhline(50.0, color="grey", linewidth=0.8)

@@ -1,14 +1,15 @@
 """Scored videos -> preference pairs: pairing within groups, per-dimension labels, weighted margins. Pure.
 
-A pair is oriented so that `chosen` has the higher weighted reward r = sum_d w_d s_d / sum_d w_d (the paper's
-(VQ + MQ + TA)/3 for weights 1:1:1; TA alone for 0:0:1). For each dimension d the label is `chosen` when
+A pair is oriented so that `chosen` has the higher reward r = sum_d w_d s_d / sum_d w_d (the paper's weighted
+reward: (VQ + MQ + TA)/3 for weights 1:1:1; TA alone for 0:0:1; not `Overall`, the reference's sum of the
+dimensions: docs/numerics.md, Overall and reward). For each dimension d the label is `chosen` when
 s_d(chosen) - s_d(rejected) > tie_threshold, `rejected` when it is < -tie_threshold, and `tie` otherwise; the
-overall label is `chosen` or `tie` on the weighted margin r(chosen) - r(rejected) (>= 0 by orientation).
+`reward` label is `chosen` or `tie` on the reward margin r(chosen) - r(rejected) (>= 0 by orientation).
 
 Output records (one JSON line each; the input format of `videoalign dpo` and `videoalign rwr`):
     {"prompt", "group", "chosen", "rejected",                 # video paths (absolute)
      "scores": {"chosen": {dim: s, ...}, "rejected": {...}},  # the scores used (normalised unless --raw)
-     "labels": {dim: "chosen"|"rejected"|"tie", ..., "Overall": "chosen"|"tie"},
+     "labels": {dim: "chosen"|"rejected"|"tie", ..., "reward": "chosen"|"tie"},
      "margin": r(chosen) - r(rejected), "weights": {dim: w}}
 """
 
@@ -49,13 +50,13 @@ def weighted_reward(scores: dict[str, float], weights: dict[str, float]) -> floa
 
 def label_pair(chosen: dict[str, float], rejected: dict[str, float], weights: dict[str, float],
                tie_threshold: float) -> tuple[dict[str, str], float]:
-    """Per-dimension labels and the overall label for an oriented pair, plus the weighted margin."""
+    """Per-dimension labels and the `reward` label for an oriented pair, plus the reward margin."""
     labels = {}
     for dim in weights:
         diff = chosen[dim] - rejected[dim]
         labels[dim] = "chosen" if diff > tie_threshold else "rejected" if diff < -tie_threshold else "tie"
     margin = weighted_reward(chosen, weights) - weighted_reward(rejected, weights)
-    labels["Overall"] = "chosen" if margin > tie_threshold else "tie"
+    labels["reward"] = "chosen" if margin > tie_threshold else "tie"
     return labels, margin
 
 

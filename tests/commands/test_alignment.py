@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from videoalign.flow import add_noise
-from videoalign.gen.generator import load_generator, load_lora
+from videoalign.gen.generator import load_generator
+from videoalign.gen.lora import load_lora
 from videoalign.gen.latent_cache import CacheSpec, LatentCache
 
 REPO = Path(__file__).resolve().parents[2]

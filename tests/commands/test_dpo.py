@@ -96,7 +96,8 @@ def test_resume_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_pa
 
 def test_exported_lora_loads_and_merges_like_the_live_adapter(run_a):
     """final/ through WanPipeline.load_lora_weights == merged/ (fused) on the same inputs."""
-    from videoalign.gen.generator import load_generator, load_lora
+    from videoalign.gen.generator import load_generator
+    from videoalign.gen.lora import load_lora
 
     lora = load_lora(load_generator("tiny-random", "float32"), run_a / "final")
     merged = load_generator(str(run_a / "merged"), "float32")

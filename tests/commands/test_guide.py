@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.families import TINY_RANDOM
+from videoalign.gen.generator import load_generator
 from videoalign.gen.latent_reward import LatentRewardConfig, build_latent_reward, save_latent_reward
 
 REPO = Path(__file__).resolve().parents[2]

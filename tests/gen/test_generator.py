@@ -11,20 +11,10 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
-from videoalign.gen.generator import (
-    TINY_RANDOM,
-    WAN,
-    WAN_LORA_TARGETS,
-    adapters_disabled,
-    add_lora,
-    family_of,
-    load_generator,
-    load_lora,
-    lora_state,
-    save_lora,
-    save_pipeline,
-    tiny_random_components,
-)
+from videoalign.gen.families import TINY_RANDOM, WAN, WAN_LORA_TARGETS, family_of
+from videoalign.gen.generator import load_generator, save_pipeline
+from videoalign.gen.lora import adapters_disabled, add_lora, load_lora, lora_state, save_lora
+from videoalign.gen.tiny import tiny_random_components
 
 PROMPTS = ["a red fox jumps over a frozen river", "a cat", "  a   cat  "]
 LATENT = (16, 3, 4, 4)  # 9 frames of 32 x 32 -> (C, (9 - 1)/4 + 1, 32/8, 32/8)
@@ -368,12 +358,13 @@ def test_wan_check_lora_targets():
 
 
 def test_bfloat16_cast_keeps_fp32_tensors_unrounded():
-    """_cast never sends the float32-kept tensors (time embedder, norms, rope, scale_shift_table) through bf16."""
-    from videoalign.gen.generator import _cast, tiny_random_components
+    """cast_module never sends the float32-kept tensors (time embedder, norms, rope, scale_shift_table) through bf16."""
+    from videoalign.gen.generator import cast_module
+    from videoalign.gen.tiny import tiny_random_components
 
     transformer = tiny_random_components(0)["transformer"]
     before = {n: t.clone() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
-    _cast(transformer, torch.bfloat16)
+    cast_module(transformer, torch.bfloat16)
     kept = [(n, t) for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]
             if t.dtype == torch.float32]
     assert any("scale_shift_table" in n for n, _ in kept) and any("time_embedder" in n for n, _ in kept)
@@ -385,7 +376,7 @@ def test_load_lora_refuses_a_lora_for_another_model(tmp_path):
     """diffusers only warns about LoRA keys for modules the model lacks; load_lora fails with the module named."""
     from safetensors.torch import save_file
 
-    from videoalign.gen.generator import check_lora_file
+    from videoalign.gen.lora import check_lora_file
 
     gen = load_generator(TINY_RANDOM, "float32")
     missing = tmp_path / "missing.safetensors"

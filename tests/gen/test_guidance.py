@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from videoalign.flow import sampling_times
-from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.families import TINY_RANDOM
+from videoalign.gen.generator import load_generator
 from videoalign.gen.guidance import guided_velocity, make_guidance_hook, parse_guidance_weights
 
 LATENT = (16, 3, 4, 4)

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.families import TINY_RANDOM
+from videoalign.gen.generator import load_generator
 from videoalign.gen.latent_cache import CacheSpec, LatentCache, OnTheFlyLatents, fit_frames
 from videoalign.video import VideoError, read_clip, write_video
 

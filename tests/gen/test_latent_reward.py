@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from videoalign.gen.generator import TINY_RANDOM, load_generator
+from videoalign.gen.families import TINY_RANDOM
+from videoalign.gen.generator import load_generator
 from videoalign.gen.latent_reward import (
     CONFIG_FILE,
     WEIGHTS_FILE,

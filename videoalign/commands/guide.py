@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from videoalign.config import config_to_dict
-from videoalign.gen.generator import DEFAULT_MODEL
+from videoalign.gen.families import DEFAULT_MODEL
 
 OUTPUT = "guide.jsonl"
 CONFIG = "guide.config.yaml"
@@ -89,7 +89,7 @@ class GuideConfig:
     strip_frames: int = 4
 
     def __post_init__(self):
-        from videoalign.gen.generator import family_of
+        from videoalign.gen.families import family_of
 
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("prompt / prompts: give exactly one, --prompt \"...\" or --prompts FILE (.csv or .txt)")
@@ -186,34 +186,11 @@ def check_compatible(rm, gen, cfg: GuideConfig) -> None:
 
 # -- resuming -------------------------------------------------------------------------------------------------
 
-def check_resumable(out: Path, cfg: GuideConfig) -> None:
-    """Refuse to mix videos made with other settings in one output_dir."""
-    import yaml
+def guide_output(out: Path):
+    """guide.jsonl as a ResumableOutput: lines keyed by prompt index, settings in guide.config.yaml."""
+    from videoalign.data import ResumableOutput
 
-    from videoalign.commands.score import parts_dir
-
-    saved_path = out / CONFIG
-    output = out / OUTPUT
-    if not saved_path.is_file() or not (output.is_file() or parts_dir(output).is_dir()):
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    changed = [k for k in GUIDE_SETTINGS if k in saved and saved[k] != getattr(cfg, k)]
-    if changed:
-        diffs = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
-        raise ValueError(f"{out} holds videos made with other settings ({diffs}); use a new --output-dir or the "
-                         "same settings to resume")
-
-
-def load_done(output: Path) -> dict[int, dict]:
-    """Lines already written (the final file, then an interrupted run's parts), latest per index."""
-    from videoalign.commands.score import parts_dir
-    from videoalign.data import read_jsonl
-
-    done: dict[int, dict] = {}
-    for source in [output, *sorted(parts_dir(output).glob("*.jsonl"))]:
-        for record in read_jsonl(source):
-            done[int(record["index"])] = record
-    return done
+    return ResumableOutput(out / OUTPUT, lambda r: int(r["index"]), out / CONFIG)
 
 
 def is_done(index: int, prompt: str, done: dict[int, dict], out: Path, compare: bool) -> bool:
@@ -298,10 +275,7 @@ def guide_batch(gen, rm, weights, items: list[tuple[int, str]], cfg: GuideConfig
 
 def run(cfg: GuideConfig) -> int:
     import torch
-    import yaml
 
-    from videoalign.commands.score import parts_dir
-    from videoalign.data import append_jsonl, write_atomic, write_jsonl_atomic
     from videoalign.distributed import make_accelerator, shard
     from videoalign.gen.generator import load_generator
     from videoalign.log import console, progress
@@ -317,48 +291,40 @@ def run(cfg: GuideConfig) -> int:
     cfg = dataclasses.replace(cfg, dtype=dtype)
     rm, weights = load_reward(cfg, device)
     out = Path(cfg.output_dir)
-    output = out / OUTPUT
-    check_resumable(out, cfg)
+    output = guide_output(out)
+    output.check_settings({k: getattr(cfg, k) for k in GUIDE_SETTINGS}, "videos")
     gen = load_generator(cfg.model, dtype, device)
     if rm is not None:
         check_compatible(rm, gen, cfg)
 
     # 2. what is left to do, sharded round-robin
     rank, world = accelerator.process_index, accelerator.num_processes
-    done = load_done(output)
+    done = output.done()
     items = list(enumerate(prompts))
     pending = [(i, p) for i, p in items if not is_done(i, p, done, out, cfg.compare)]
     mine = shard(pending, rank, world)
     accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 writes the config
     if accelerator.is_main_process:
-        write_atomic(out / CONFIG, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        output.save_settings(config_to_dict(cfg))
         console.print(f"{len(items)} prompts: {len(items) - len(pending)} already done, {len(pending)} to sample "
                       f"on {world} process(es); W = {cfg.scale:g}, weights {weights}", highlight=False)
 
     # 3. sample, decode, write; each batch's lines go to this rank's part file at once
-    part = parts_dir(output) / f"rank{rank}.jsonl"
     negative = None
     if mine and cfg.guidance_scale != 1.0:
         negative = gen.pad_text(gen.encode_prompts([cfg.negative_prompt]))  # (1, L, D)
     with progress(len(mine), "guided sampling", enabled=accelerator.is_main_process) as bar, torch.no_grad():
         for start in range(0, len(mine), cfg.batch_size):
             chunk = mine[start:start + cfg.batch_size]
-            append_jsonl(part, guide_batch(gen, rm, weights, chunk, cfg, out, negative))
+            output.append(rank, guide_batch(gen, rm, weights, chunk, cfg, out, negative))
             bar.advance(len(chunk))
     accelerator.wait_for_everyone()
 
     # 4. rank 0 merges everything into guide.jsonl in prompt order (other indices kept after)
     if accelerator.is_main_process:
-        merged = load_done(output)
-        ordered = [merged[i] for i, _ in items if i in merged]
-        extra = [r for i, r in sorted(merged.items()) if i >= len(items)]
-        write_jsonl_atomic(output, ordered + extra)
-        if parts_dir(output).is_dir():
-            for f in parts_dir(output).glob("*.jsonl"):
-                f.unlink()
-            parts_dir(output).rmdir()
+        ordered = output.merge([i for i, _ in items])
         summary = [r["final_reward"]["weighted"] for r in ordered if r.get("final_reward")]
         mean = f", mean final weighted latent reward {sum(summary) / len(summary):.4f}" if summary else ""
-        console.print(f"wrote {len(ordered)} videos and {output}{mean}", highlight=False)
+        console.print(f"wrote {len(ordered)} videos and {output.path}{mean}", highlight=False)
     accelerator.wait_for_everyone()
     return 0

@@ -7,9 +7,10 @@ reference pair CSV (path_A, path_B, prompt, ...) that is relabelled with the mod
 Stages:
 1. Every distinct video is scored once into a score cache (`--scores`, default `<output>.scores.jsonl`), in
    the format of `videoalign score --output`, so either command's file can seed the other. Scoring is
-   sharded over processes and resumable (commands/score.py::score_into).
+   sharded over processes and resumable (reward/scoring.py).
 2. Rank 0 pairs and labels the scored videos (preferences.py), drops pairs under `--min-margin`, and writes
-   the pairs JSONL atomically (`-` writes to stdout), a summary table and a margin histogram PNG.
+   the pairs JSONL atomically (`-` writes to stdout), a summary table and a margin histogram PNG. A pair CSV gives
+   one pair per row, repeated rows included (labels.py).
 A rerun with the same output reuses every cached score and rewrites the same pairs: nothing is lost or
 duplicated. Exit code 1 when some videos failed; they appear in the output as `{"video", "error"}` lines.
 
@@ -24,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from videoalign.commands.score import ScoreConfig
+from videoalign.reward.settings import ScoringConfig
 
 
 @dataclass
-class RelabelConfig(ScoreConfig):
+class RelabelConfig(ScoringConfig):
     #: manifest (CSV/JSONL: prompt, video[, group, model]) or pair CSV (path_A, path_B, prompt); - for stdin
     input: str | None = None
     #: pairs JSONL to write; - for stdout
@@ -37,9 +38,9 @@ class RelabelConfig(ScoreConfig):
     scores: str | None = None
     #: manifest pairing within a group: every pair, or the best against the worst by weighted reward
     pairing: Literal["all", "best-worst"] = "all"
-    #: per-dimension weights VQ:MQ:TA for the overall reward and margin
+    #: per-dimension weights VQ:MQ:TA of the reward r = sum_d w_d s_d / sum_d w_d (orientation, margin, `reward` label)
     weights: str = "1:1:1"
-    #: a dimension (or the overall margin) within this absolute score difference is a tie
+    #: a dimension (or the reward margin) within this absolute score difference is a tie
     tie_threshold: float = 0.0
     #: drop pairs whose weighted margin is below this from the output (near-ties)
     min_margin: float = 0.0
@@ -69,7 +70,13 @@ def collect_items(source):
 
     items: dict[str, ScoreItem] = {}
     errors: list[dict] = []
-    columns = ("video",) if source.kind == "manifest" else ("path_A", "path_B")
+    if source.kind == "pairs":
+        errors = [{"error": problem} for problem in source.pairs.problems]
+        for pair in source.pairs.pairs:
+            for video, path in ((pair.video_a, pair.path_a), (pair.video_b, pair.path_b)):
+                key = video_key(path)
+                items.setdefault(key, ScoreItem(key, video, Path(key), pair.prompt))
+        return list(items.values()), errors
     for row in source.rows:
         where = f"{source.name} row {row['_row']}"
         if "_error" in row:
@@ -79,13 +86,12 @@ def collect_items(source):
         if not isinstance(prompt, str) or not prompt.strip():
             errors.append({"row": row["_row"], "error": f"{where}: empty prompt; fill in the prompt text"})
             continue
-        for column in columns:
-            video = str(row.get(column) or "").strip()
-            if not video:
-                errors.append({"row": row["_row"], "error": f"{where}: empty {column}; fill in a video path"})
-                break
-            key = video_key(source.root / video)
-            items.setdefault(key, ScoreItem(key, video, Path(key), prompt))
+        video = str(row.get("video") or "").strip()
+        if not video:
+            errors.append({"row": row["_row"], "error": f"{where}: empty video; fill in a video path"})
+            continue
+        key = video_key(source.root / video)
+        items.setdefault(key, ScoreItem(key, video, Path(key), prompt))
     return list(items.values()), errors
 
 
@@ -99,16 +105,10 @@ def build_pairs(source, scored: dict[str, dict], cfg: RelabelConfig, dims: list[
     pairs: list[dict] = []
     singles = 0
     if source.kind == "pairs":
-        seen = set()
-        for row in source.rows:
-            a, b = (ok.get(video_key(source.root / str(row.get(c) or "").strip())) for c in ("path_A", "path_B"))
-            if a is None or b is None or "_error" in row:
-                continue
-            key = (frozenset((a["path"], b["path"])), row.get("prompt"))
-            if key in seen:  # the same pair listed again (the reference's example.csv repeats rows)
-                continue
-            seen.add(key)
-            pairs.append(make_pair(a, b, weights, cfg.tie_threshold, None) | {"row": row["_row"]})
+        for pair in source.pairs.pairs:  # one pair per row: a repeated row is a repeated pair (labels.py)
+            a, b = ok.get(video_key(pair.path_a)), ok.get(video_key(pair.path_b))
+            if a is not None and b is not None:
+                pairs.append(make_pair(a, b, weights, cfg.tie_threshold, pair.group) | {"row": pair.line})
     else:
         groups: dict[str, list[dict]] = {}
         seen: set[tuple[str, str]] = set()
@@ -129,8 +129,8 @@ def build_pairs(source, scored: dict[str, dict], cfg: RelabelConfig, dims: list[
 
 
 def run(cfg: RelabelConfig) -> int:
-    from videoalign.commands.score import score_into
     from videoalign.data import read_relabel_input, write_jsonl_atomic
+    from videoalign.reward.scoring import score_into
     from videoalign.distributed import broadcast_from_main, make_accelerator
     from videoalign.log import console, stdout
     accelerator = make_accelerator(cfg.device)
@@ -158,7 +158,7 @@ def run(cfg: RelabelConfig) -> int:
             from videoalign.plots import margin_histograms
 
             margins = {d: [p["scores"]["chosen"][d] - p["scores"]["rejected"][d] for p in pairs] for d in dims}
-            margins["weighted"] = [p["margin"] for p in pairs]
+            margins["reward"] = [p["margin"] for p in pairs]
             png = margin_histograms(margins, cfg.output + ".margins.png", title=f"{len(pairs)} pairs, {cfg.weights}")
             console.print(f"wrote {len(pairs)} pairs to {cfg.output} and {png}", highlight=False)
     failed = broadcast_from_main(accelerator, failed)
@@ -168,15 +168,16 @@ def run(cfg: RelabelConfig) -> int:
 def summarize(pairs, dropped, singles, errors, dims, cfg) -> None:
     from rich.table import Table
 
+    from videoalign.labels import REWARD
     from videoalign.log import console
 
     table = Table(title=f"relabel: {len(pairs)} pairs (weights {cfg.weights}, tie <= {cfg.tie_threshold})")
     table.add_column("dimension")
     for name in ("chosen", "rejected", "tie", "mean margin"):
         table.add_column(name, justify="right")
-    for dim in [*dims, "Overall"]:
+    for dim in [*dims, REWARD]:
         counts = {k: sum(1 for p in pairs if p["labels"][dim] == k) for k in ("chosen", "rejected", "tie")}
-        if dim == "Overall":
+        if dim == REWARD:
             mean = sum(p["margin"] for p in pairs) / len(pairs) if pairs else 0.0
         else:
             diffs = [p["scores"]["chosen"][dim] - p["scores"]["rejected"][dim] for p in pairs]

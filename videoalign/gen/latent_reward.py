@@ -39,54 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videoalign.gen.generator import WAN
+from videoalign.gen.families import WAN
+from videoalign.gen.settings import POOLINGS as _POOLINGS
+from videoalign.gen.settings import LatentRewardConfig
 
 LATENT_REWARD_FORMAT = "videoalign.gen.latent_reward"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
-Pooling = Literal["mean", "attention"]
-_POOLINGS = ("mean", "attention")
-_DIM_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 #: WanRotaryPosEmbed's tables: non-persistent buffers, which the saved file holds as rope.<name>
 _ROPE_TABLES = ("freqs_cos", "freqs_sin")
-
-
-@dataclass
-class LatentRewardConfig:
-    """Architecture and training choice of a latent reward model (what save/load keep beside the weights)."""
-
-    #: transformer blocks taken from the start of the video transformer (the paper: "a few early layers")
-    k: int = 4
-    #: reward dimensions, in output-column order; one head each
-    dims: list[str] = field(default_factory=lambda: ["VQ", "MQ", "TA"])
-    #: train only the pooling and the heads (the paper trains the whole model)
-    freeze_backbone: bool = False
-    #: how token states become one vector: mean over tokens, or a learned softmax weighting (starts as the mean)
-    pooling: Pooling = "mean"
-    #: hidden width of a two-layer SiLU MLP head per dimension; None = one Linear(inner_dim, 1) per dimension
-    head_hidden: int | None = None
-
-    def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1 (transformer blocks to keep), got {self.k!r}")
-        if isinstance(self.dims, str) or not isinstance(self.dims, (list, tuple)) or not self.dims:
-            raise ValueError(f"dims must be a non-empty list of dimension names such as [VQ, MQ, TA], got "
-                             f"{self.dims!r}")
-        self.dims = list(self.dims)
-        bad = [d for d in self.dims if not isinstance(d, str) or not _DIM_NAME.match(d)]
-        if bad:
-            raise ValueError(f"dims: names must be letters, digits or _ (they name the heads), got {bad!r}")
-        if len(set(self.dims)) != len(self.dims):
-            raise ValueError(f"dims must not repeat a name, got {self.dims}")
-        if not isinstance(self.freeze_backbone, bool):
-            raise ValueError(  # noqa: TRY004 - a config error is a ValueError naming the field (ARCHITECTURE 3)
-                f"freeze_backbone must be true or false, got {self.freeze_backbone!r}")
-        if self.pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(_POOLINGS)}, got {self.pooling!r}")
-        if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int)
-                                             or self.head_hidden < 1):
-            raise ValueError(f"head_hidden must be an integer >= 1 or null (a linear head), got {self.head_hidden!r}")
 
 
 class AttentionPool(nn.Module):

@@ -8,48 +8,11 @@ The PEFT wrapper gives the state-dict keys of the reference (`base_model.model.<
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from videoalign.reward.layouts import lora_targets
-
-
-@dataclass
-class TrainableConfig:
-    #: LoRA rank on the language model's linear layers (0 = full fine-tuning of those layers is NOT offered)
-    lora_r: int = 64
-    #: LoRA alpha (scale alpha/r)
-    lora_alpha: float = 128.0
-    #: LoRA dropout (the reference uses 0.05; 0.0 makes runs bit-reproducible across process counts)
-    lora_dropout: float = 0.05
-    #: module-name substrings that never get LoRA
-    lora_exclude: list[str] = field(default_factory=lambda: ["lm_head", "rm_head", "embed_tokens", "visual"])
-    #: train the vision tower's blocks (the reference and the paper do)
-    train_vision: bool = True
-    #: train the vision merger
-    train_merger: bool = True
-    #: learning rate of the LoRA factors and the reward head
-    learning_rate: float = 2e-6
-    #: learning rate of the vision blocks
-    vision_lr: float = 2e-6
-    #: learning rate of the merger
-    merger_lr: float = 2e-6
-    #: learning rate of the reward tokens' embedding rows
-    special_token_lr: float = 2e-6
-    #: AdamW weight decay (not applied to the embedding)
-    weight_decay: float = 0.0
-
-    def __post_init__(self):
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-
-    def lora_dict(self) -> dict:
-        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
-                "exclude": list(self.lora_exclude), "target_modules": None, "use_rslora": False}
+from videoalign.reward.settings import TrainableConfig
 
 
 def wrap_for_training(model: nn.Module, cfg: TrainableConfig, reward_token_ids: list[int]):

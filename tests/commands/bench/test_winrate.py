@@ -14,14 +14,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from videoalign.gen.generator import (
-    TINY_RANDOM,
-    WAN_LORA_TARGETS,
-    add_lora,
-    load_generator,
-    save_lora,
-    save_pipeline,
-)
+from videoalign.gen.families import TINY_RANDOM, WAN_LORA_TARGETS
+from videoalign.gen.generator import load_generator, save_pipeline
+from videoalign.gen.lora import add_lora, save_lora
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debug" / "bench_winrate.yaml"

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from videoalign.commands.score import ScoreConfig
+from videoalign.reward.settings import ScoringConfig
 
 
 @dataclass
-class RewardBenchConfig(ScoreConfig):
+class RewardBenchConfig(ScoringConfig):
     #: human-labelled pairs: VideoGen-RewardBench/reference CSV or GenAI-Bench votes (CSV or JSONL)
     pairs: str | None = None
     #: folder the pair file's video paths are relative to (default: the pair file's folder)
@@ -43,7 +43,9 @@ class RewardBenchConfig(ScoreConfig):
     json: str | None = None
     #: compute per-dimension mean/std of raw scores over the videos and store them in the checkpoint
     calibrate: bool = False
-    #: reference = the leaderboard's scoring order (REFERENCE.md 9.6): distinct videos sorted by path as written,
+    #: csv of videos (video,prompt) to calibrate on, instead of pairs
+    csv: str | None = None
+    #: reference = the leaderboard's scoring order (docs/numerics.md): distinct videos sorted by path as written,
     #: batches of 8 in bf16, one process; bf16 scores depend on batch composition, so only this order matches
     protocol: Literal["default", "reference"] = "default"
 
@@ -81,11 +83,11 @@ def model_side(record: dict, dims: list[str], overall: str) -> dict[str, float]:
 
 
 def accuracy_table(pairs, scored: dict[str, dict], dims: list[str], cfg: RewardBenchConfig):
-    """Figures per dimension: accuracies, threshold, human tie rate, pairs; plus the curves for the plot."""
+    """Figures per dimension (metrics.accuracy_figures), plus the curves for the plot and the pairs left out."""
     from videoalign import metrics
     from videoalign.data import video_key
+    from videoalign.labels import INVALID
 
-    with_ties = metrics.accuracy_with_ties_compat if cfg.ties == "compat" else metrics.accuracy_with_ties
     figures, curves, missing = {}, {}, 0
     usable = []
     for p in pairs:
@@ -95,31 +97,32 @@ def accuracy_table(pairs, scored: dict[str, dict], dims: list[str], cfg: RewardB
             continue
         usable.append((p, model_side(a, dims, cfg.overall), model_side(b, dims, cfg.overall)))
     for dim in [*dims, "Overall"]:
-        rows = [(p.labels[dim], sa[dim] - sb[dim]) for p, sa, sb in usable if dim in p.labels]
+        # a masked label (invalid, empty) is a NaN human label: a pair the model can only get wrong, as the
+        # reference's calc_accuracy.py counts it
+        rows = [(math.nan if p.labels[dim] == INVALID else float(p.labels[dim]), sa[dim] - sb[dim])
+                for p, sa, sb in usable if dim in p.labels]
         if not rows:
             continue
         human = [h for h, _ in rows]
         margin = [m for _, m in rows]
-        tied = with_ties(human, margin)
-        figures[dim] = {
-            "accuracy_without_ties": metrics.accuracy_without_ties(human, margin),
-            "accuracy_with_ties": tied.accuracy,
-            "tie_threshold": tied.threshold,
-            "human_tie_rate": tied.human_tie_rate,
-            "pairs": len(rows),
-        }
+        figures[dim] = metrics.accuracy_figures(human, margin, compat=cfg.ties == "compat")
         curves[dim] = metrics.tie_accuracy_curve(human, margin)
     return figures, curves, missing
 
 
 def markdown(figures: dict, cfg: RewardBenchConfig, skipped: int) -> str:
+    overall = ("Overall: the model's sum of the dimensions against the human Overall label" if cfg.overall == "sum"
+               else f"Overall: the model's {cfg.overall} against the human Overall label")
+    if "Overall" not in figures:
+        overall = "no Overall row: the pair file has no Overall labels"
     lines = [f"# Reward-model accuracy: {cfg.model} on {cfg.pairs}", "",
-             f"ties: {cfg.ties}; Overall = {cfg.overall}; pairs skipped (unscored video): {skipped}", "",
+             f"ties: {cfg.ties}; {overall}; pairs skipped (unscored video): {skipped}", "",
              "| dimension | accuracy w/o ties | accuracy w/ ties | tie threshold | human tie rate | pairs |",
              "|---|---|---|---|---|---|"]
     for dim, f in figures.items():
+        threshold = "-inf" if f["tie_threshold"] is None else f"{f['tie_threshold']:.4g}"
         lines.append(f"| {dim} | {100 * f['accuracy_without_ties']:.2f} | {100 * f['accuracy_with_ties']:.2f} | "
-                     f"{f['tie_threshold']:.4g} | {100 * f['human_tie_rate']:.2f} | {f['pairs']} |")
+                     f"{threshold} | {100 * f['human_tie_rate']:.2f} | {f['pairs']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,17 +160,22 @@ def adopt_scores(path: Path, root: Path) -> None:
 
 
 def run(cfg: RewardBenchConfig) -> int:
-    from videoalign.commands.score import score_into
-    from videoalign.data import read_labelled_pairs, read_score_csv, write_atomic
+    from videoalign.data import read_score_csv, write_atomic, write_json
     from videoalign.distributed import make_accelerator
+    from videoalign.labels import read_pairs
     from videoalign.log import console, stdout
+    from videoalign.reward.scoring import score_into
 
     if cfg.calibrate:
         if not Path(cfg.model).is_dir():
             raise ValueError(f"--calibrate writes into the checkpoint: --model must be a local folder, got {cfg.model}")
         cfg.raw = True  # statistics of the raw head outputs
     accelerator = make_accelerator(cfg.device)
-    pairs = read_labelled_pairs(cfg.pairs, cfg.videos_root) if cfg.pairs else []
+    found = read_pairs(cfg.pairs, cfg.videos_root, check_videos=False) if cfg.pairs else None
+    pairs = found.pairs if found else []
+    if found and accelerator.is_main_process:
+        for problem in found.problems:
+            console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
     items = pair_items(pairs) if pairs else read_score_csv(cfg.csv)
     if cfg.protocol == "reference":
         if accelerator.num_processes > 1:
@@ -200,7 +208,7 @@ def run(cfg: RewardBenchConfig) -> int:
 
     accuracy_curves(curves, f"{cfg.output}.ties.png", title=f"{Path(cfg.model).name}: accuracy vs tie threshold")
     if cfg.json:
-        write_atomic(cfg.json, json.dumps(figures, indent=2) + "\n")
+        write_json(cfg.json, figures)
     stdout.print(report, markup=False, highlight=False)
     console.print(f"wrote {cfg.output}.md, {cfg.output}.ties.png" + (f" and {cfg.json}" if cfg.json else ""),
                   highlight=False)

@@ -40,7 +40,7 @@ from pathlib import Path
 BENCHMARKS = ("score", "relabel", "train-reward", "dpo", "guide")
 EXAMPLES = "../shared/data/videoalign_examples/example.csv"
 #: the project's recipes/ (the suite passes absolute recipe paths, so it runs from any folder)
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def print_table(suite: dict) -> None:
     Console(width=max(stdout.width, 120), soft_wrap=True).print(table)
 
 
-def run_speed_suite(cfg: SpeedSuiteConfig) -> int:
+def run(cfg: SpeedSuiteConfig) -> int:
     from videoalign.data import write_atomic
     from videoalign.log import console
 

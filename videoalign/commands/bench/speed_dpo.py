@@ -1,16 +1,16 @@
 """`videoalign bench speed dpo`: one Flow-DPO training step, ours against the paper pseudo-code's, in one process.
 
-ours:  the real code path, `commands.dpo.dpo_step`: one LoRA transformer; the reference is the same transformer with
+ours:  the real code path, `gen.objectives.dpo_step`: one LoRA transformer; the reference is the same transformer with
        its adapter disabled under no_grad (REFERENCE.md 10.5); chosen and rejected go through one concatenated
        forward (2 forwards per step: reference, policy); backward; AdamW step.
-ours_split: `commands.dpo.dpo_split_step` (`backward: split`): the same gradient with one video's graph alive at a
+ours_split: `gen.objectives.dpo_split_step` (`backward: split`): the same gradient with one video's graph alive at a
        time (4 forwards of one video, 2 backwards): the activation memory of one video instead of two.
 naive: the straightforward version of the paper's pseudo-code: a deepcopy of the base transformer as the frozen
        reference (requires_grad False) and a LoRA policy; four separate forwards (policy chosen, policy rejected,
        then reference chosen and rejected under no_grad); the same loss (flow.per_sample_mse, losses.flow_dpo_loss);
        backward; AdamW step.
 All get the same template weights, LoRA init, latents, text, t and noise, so they compute the same loss
-(tests/commands/test_bench.py checks it to 1e-5). Latents (B, 16, (F-1)/4+1, H/8, W/8) and text (B, L, text_dim)
+(tests/commands/bench/test_speed_dpo.py checks it). Latents (B, 16, (F-1)/4+1, H/8, W/8) and text (B, L, text_dim)
 are random tensors of the right shapes: no VAE or text encoder runs.
 
 Memory: each variant's peak from just before its models are built (the device copy of the template, the naive
@@ -38,22 +38,11 @@ import dataclasses
 import gc
 import statistics
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
-
-TINY_RANDOM = "tiny-random"
-WAN_1_3B_RANDOM = "wan2.1-1.3b-random"
-#: WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers (REFERENCE.md 10.2)
-WAN_1_3B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                       out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
-                       cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+from videoalign.gen.families import TINY_RANDOM, WAN_1_3B_RANDOM
 #: (num_frames, height, width, lora_rank) when not set. tiny: the debug dpo recipe's clip size; rank 2 keeps the
 #: adapter at ~5% of the tiny transformer, near rank 64's ~3% of the 1.3B one.
 MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 2), WAN_1_3B_RANDOM: (33, 480, 832, 64)}
@@ -92,7 +81,7 @@ class SpeedDpoConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        from videoalign.gen.generator import WAN
+        from videoalign.gen.families import WAN
 
         frames, height, width, rank = MODEL_DEFAULTS[self.model]
         self.num_frames = frames if self.num_frames is None else self.num_frames
@@ -134,14 +123,17 @@ class InputCache:
 
 
 def as_pairs(inputs: DpoInputs) -> list:
-    from videoalign.align_data import PreferencePair
+    """labels.Pair keys of the inputs: A = chosen row i, B = rejected row i, prompt = text row i."""
+    from videoalign.labels import Pair
 
-    return [PreferencePair(line=i + 1, prompt=str(i), chosen=Path("chosen", str(i)),
-                           rejected=Path("rejected", str(i))) for i in range(inputs.t.shape[0])]
+    return [Pair(i + 1, str(i), f"chosen/{i}", f"rejected/{i}", Path("chosen", str(i)), Path("rejected", str(i)))
+            for i in range(inputs.t.shape[0])]
 
 
 def make_inputs(cfg: SpeedDpoConfig, gen, device) -> DpoInputs:
     """Seeded random latents, text, t (logit-normal and shifted, as training draws it) and noise."""
+    import torch
+
     from videoalign.flow import sample_timesteps
 
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -154,46 +146,22 @@ def make_inputs(cfg: SpeedDpoConfig, gen, device) -> DpoInputs:
     return DpoInputs(**{k: v.to(device) for k, v in tensors.items()})
 
 
-def resolve_device_dtype(cfg: SpeedDpoConfig) -> tuple[torch.device, str]:
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device}: no CUDA device is available here; use --device cpu")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    return device, dtype
-
-
-def build_template(cfg: SpeedDpoConfig, dtype: str):
-    """A Generator holding only the base transformer, on the CPU; the variants copy it to the device."""
-    from videoalign.gen.generator import DTYPES, WAN, Generator, _cast, load_generator
-
-    if cfg.model == TINY_RANDOM:
-        gen = load_generator(TINY_RANDOM, dtype, "cpu", seed=cfg.seed)
-        return dataclasses.replace(gen, vae=None, text_encoder=None, tokenizer=None)
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(cfg.seed)
-    # _cast keeps Wan's _keep_in_fp32_modules in float32, as from_pretrained(torch_dtype=...) loads them
-    transformer = _cast(WanTransformer3DModel(**WAN_1_3B_CONFIG), DTYPES[dtype]).requires_grad_(False).eval()
-    return Generator(WAN, transformer, None, None, None, DTYPES[dtype], WAN.text_max_length)
-
-
 @dataclass
 class Variant:
     name: Literal["ours", "ours_split", "naive"]
-    gen: object  # a Generator whose transformer is this variant's LoRA policy
-    reference: torch.nn.Module | None  # naive: the frozen full copy; ours: None (the adapter is disabled instead)
-    optimizer: torch.optim.Optimizer
-    dpo_cfg: object  # the DpoConfig both losses read beta from
+    gen: Any  # a Generator whose transformer is this variant's LoRA policy
+    reference: Any  # naive: the frozen full copy (a module); ours: None (the adapter is disabled instead)
+    optimizer: Any
+    beta: float
 
 
 def build_variant(name: Literal["ours", "ours_split", "naive"], template, cfg: SpeedDpoConfig, device) -> Variant:
     """Copy the template to `device` (naive: and deepcopy it as the frozen reference), then LoRA with the same seed
-    on both sides, float32 LoRA masters and AdamW, as commands/align.py sets up training."""
-    from videoalign.commands.dpo import DpoConfig
-    from videoalign.gen.generator import DEFAULT_MODEL, WAN_LORA_TARGETS, add_lora
+    on both sides, float32 LoRA masters and AdamW, as gen/training.py sets up training."""
+    import torch
+
+    from videoalign.gen.families import WAN_LORA_TARGETS
+    from videoalign.gen.lora import add_lora
 
     transformer = copy.deepcopy(template.transformer).to(device)
     reference = copy.deepcopy(transformer).requires_grad_(False).eval() if name == "naive" else None
@@ -205,40 +173,39 @@ def build_variant(name: Literal["ours", "ours_split", "naive"], template, cfg: S
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    dpo_cfg = DpoConfig(data="(bench: random latents)", model=TINY_RANDOM if cfg.model == TINY_RANDOM else
-                        DEFAULT_MODEL, num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, beta=cfg.beta,
-                        beta_schedule="constant")
     return Variant(name, dataclasses.replace(template, transformer=transformer), reference,
-                   torch.optim.AdamW(params, lr=cfg.learning_rate), dpo_cfg)
+                   torch.optim.AdamW(params, lr=cfg.learning_rate), cfg.beta)
 
 
 # -- the two losses -------------------------------------------------------------------------------------------
 
 def ours_loss(variant: Variant, inputs: DpoInputs):
-    """commands.dpo.dpo_step, as training calls it: (scalar loss, stats)."""
-    from videoalign.gen.align import Parts
-    from videoalign.commands.dpo import dpo_step
+    """gen.objectives.dpo_step, as training calls it: (scalar loss, stats)."""
+    from videoalign.gen.objectives import dpo_step
+    from videoalign.gen.training import Parts
 
     transformer = variant.gen.transformer
     parts = Parts(variant.gen, model=transformer, transformer=transformer, reference=None)
-    return dpo_step(variant.dpo_cfg, parts, InputCache(inputs), as_pairs(inputs), inputs.t, inputs.noise)
+    return dpo_step(parts, InputCache(inputs), as_pairs(inputs), inputs.t, inputs.noise, variant.beta)
 
 
 def ours_split_loss(variant: Variant, inputs: DpoInputs):
-    """commands.dpo.dpo_split_step (`backward: split`): runs its own backward passes; (detached loss, stats)."""
+    """gen.objectives.dpo_split_step (`backward: split`): runs its own backward passes; (detached loss, stats)."""
     import contextlib
 
-    from videoalign.gen.align import Parts
-    from videoalign.commands.dpo import dpo_split_step
+    from videoalign.gen.objectives import dpo_split_step
+    from videoalign.gen.training import Parts
 
     transformer = variant.gen.transformer
     parts = Parts(variant.gen, model=transformer, transformer=transformer, reference=None)
-    return dpo_split_step(variant.dpo_cfg, parts, InputCache(inputs), as_pairs(inputs), inputs.t, inputs.noise,
-                          lambda loss: loss.backward(), contextlib.nullcontext)
+    return dpo_split_step(parts, InputCache(inputs), as_pairs(inputs), inputs.t, inputs.noise, variant.beta,
+                          "constant", lambda loss: loss.backward(), contextlib.nullcontext)
 
 
 def naive_loss(variant: Variant, inputs: DpoInputs):
     """The paper's pseudo-code: four separate forwards, the reference a frozen copy: (scalar loss, stats)."""
+    import torch
+
     from videoalign.flow import add_noise, per_sample_mse, velocity_target
     from videoalign.losses import dpo_beta, flow_dpo_loss
 
@@ -251,7 +218,7 @@ def naive_loss(variant: Variant, inputs: DpoInputs):
     with torch.no_grad():
         ref_w = per_sample_mse(gen.velocity(x_t_w, t, text, transformer=reference), v_w)
         ref_l = per_sample_mse(gen.velocity(x_t_l, t, text, transformer=reference), v_l)
-    beta = dpo_beta(variant.dpo_cfg.beta, t, variant.dpo_cfg.beta_schedule).to(t.device)
+    beta = dpo_beta(variant.beta, t, "constant").to(t.device)
     loss, stats = flow_dpo_loss(policy_w, policy_l, ref_w, ref_l, beta)
     return loss.mean(), stats
 
@@ -273,55 +240,14 @@ def train_step(variant: Variant, inputs: DpoInputs) -> float:
 
 # -- measuring ------------------------------------------------------------------------------------------------
 
-class LiveTensorBytes(TorchDispatchMode):
-    """Current and peak bytes of the tensor storages that ops allocate while this mode is active.
-
-    Every aten op's outputs are inspected: a storage that is not one of the op's inputs' and not seen before is a
-    new allocation, counted until it is freed (a weakref finalizer on the storage). Views and in-place results
-    share an input's storage and add nothing; tensors that existed before the mode was entered are not counted.
-    Scratch buffers a kernel allocates and frees inside one op are not seen (torch.profiler's allocator events,
-    which do see them, gave peaks within 3% of this on the tiny model).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.current = self.peak = 0
-        self._sizes = WeakIdKeyDictionary()  # storage -> [bytes]
-
-    def _freed(self, box: list) -> None:
-        self.current -= box[0]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(x.untyped_storage()) for x in tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor)}
-        for x in tree_flatten(out)[0]:
-            if not isinstance(x, torch.Tensor):
-                continue
-            storage = x.untyped_storage()
-            box = self._sizes.get(storage)
-            if box is None and id(storage) not in inputs:
-                box = self._sizes[storage] = [storage.nbytes()]
-                weakref.finalize(storage, self._freed, box)
-                self.current += box[0]
-            elif box is not None and box[0] != storage.nbytes():  # resized in place
-                self.current += storage.nbytes() - box[0]
-                box[0] = storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        return out
-
-
-def _warm_cuda(device: torch.device, dtype: torch.dtype) -> None:
-    """One small matmul forward and backward, so the cuBLAS workspace, which stays allocated once made, is not
-    charged to whichever variant happens to run first."""
-    a = torch.ones(64, 64, device=device, dtype=dtype, requires_grad=True)
-    (a @ a).sum().backward()
-    torch.cuda.synchronize(device)
-
-
 def build_and_measure(name: Literal["ours", "ours_split", "naive"], template, inputs: DpoInputs, cfg: SpeedDpoConfig,
-                      device: torch.device) -> tuple[Variant, dict]:
+                      device) -> tuple[Variant, dict]:
     """Build one variant and run its warm-up step (where the AdamW state appears) and one more step inside its
     memory window (module docstring). Returns the variant, still alive, and its memory figures."""
+    import torch
+
+    from videoalign.benchmark import LiveTensorBytes
+
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -343,10 +269,10 @@ def build_and_measure(name: Literal["ours", "ours_split", "naive"], template, in
                      "forwards_per_step": FORWARDS_PER_STEP[name], "first_loss": round(losses[0], 6)}
 
 
-def time_steps(variants: list[Variant], inputs: DpoInputs, steps: int, device: torch.device) -> dict[str, list]:
+def time_steps(variants: list[Variant], inputs: DpoInputs, steps: int, device) -> dict[str, list]:
     """Seconds per training step of each variant, alternating between them step by step, so a slow spell of a
     shared machine hits both alike."""
-    from videoalign.commands.bench.speed_score import _sync
+    from videoalign.benchmark import sync as _sync
 
     times: dict[str, list] = {v.name: [] for v in variants}
     for _ in range(steps):
@@ -368,16 +294,19 @@ MEMORY_METHODS = {
 }
 
 
-def run_speed_dpo(cfg: SpeedDpoConfig) -> int:
-    from videoalign.commands.bench.speed_score import report
+def run(cfg: SpeedDpoConfig) -> int:
+    import torch
+
+    from videoalign.benchmark import report, resolve_device_dtype, warm_cuda
+    from videoalign.gen.tiny import transformer_only
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device, dtype = resolve_device_dtype(cfg)
-    template = build_template(cfg, dtype)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    template = transformer_only(cfg.model, dtype, cfg.seed)
     inputs = make_inputs(cfg, template, device)
     if device.type == "cuda":
-        _warm_cuda(device, template.dtype)
+        warm_cuda(device, template.dtype)
     # 1. Memory: each variant's window opens before it is built (ours is built, measured and kept first).
     variants, figures_of = [], {}
     for name in VARIANTS:

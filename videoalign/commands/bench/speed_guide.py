@@ -26,7 +26,7 @@ in the reward model; that configuration (`--set num_layers=2 --set k=1`) measure
 above the 1.5x target whatever the implementation (3 block-passes against 4 even when compute-bound).
 
 `--model wan2.1-1.3b-random` builds the Wan2.1-T2V-1.3B transformer from its config with random weights
-(bench_dpo's builder) and a k = 4 latent reward model from it: a GPU job (recipes/bench/speed_guide.yaml).
+(gen/tiny.py's builder) and a k = 4 latent reward model from it: a GPU job (recipes/bench/speed_guide.yaml).
 
 1 process: videoalign bench speed guide --model tiny-random --output bench_guide.json
 1 GPU:     videoalign bench speed guide --recipe recipes/bench/speed_guide.yaml --output bench_guide.json
@@ -40,9 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-from videoalign.commands.bench.speed_dpo import TINY_RANDOM, WAN_1_3B_RANDOM
+from videoalign.gen.families import TINY_RANDOM, WAN_1_3B_RANDOM
 
 #: (num_frames, height, width, k, num_layers) when not set
 MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 4, 30), WAN_1_3B_RANDOM: (81, 480, 832, 4, 30)}
@@ -85,7 +83,7 @@ class SpeedGuideConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        from videoalign.gen.generator import WAN
+        from videoalign.gen.families import WAN
 
         frames, height, width, k, layers = MODEL_DEFAULTS[self.model]
         self.num_frames = frames if self.num_frames is None else self.num_frames
@@ -109,24 +107,10 @@ class SpeedGuideConfig:
             raise ValueError(f"scale must be >= 0, got {self.scale}")
 
 
-def tiny_at_depth(template, num_layers: int, seed: int):
-    """template with tiny-random's transformer rebuilt (same config, seeded random weights) at num_layers blocks;
-    the template itself when it already has them."""
-    import dataclasses
-
-    from diffusers import WanTransformer3DModel
-
-    transformer = template.transformer
-    if len(transformer.blocks) == num_layers:
-        return template
-    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
-    torch.manual_seed(seed)
-    deeper = WanTransformer3DModel(**{**config, "num_layers": num_layers}).to(template.dtype)
-    return dataclasses.replace(template, transformer=deeper.requires_grad_(False).eval())
-
-
 def build_reward(transformer, k: int, seed: int):
     """A k-block latent reward model (3 dims) from the transformer, with small random head weights."""
+    import torch
+
     from videoalign.gen.latent_reward import LatentRewardConfig, build_latent_reward
 
     rm = build_latent_reward(transformer, LatentRewardConfig(k=k))
@@ -137,28 +121,9 @@ def build_reward(transformer, k: int, seed: int):
     return rm.requires_grad_(False).eval()
 
 
-class CallCounter:
-    """Forward calls of a module and backward calls of its blocks (register_full_backward_hook)."""
-
-    def __init__(self, module: torch.nn.Module, blocks):
-        self.forwards = self.backwards = 0
-        self._handles = [module.register_forward_hook(lambda *_: self._forward())]
-        self._handles += [b.register_full_backward_hook(lambda *_: self._backward()) for b in blocks]
-
-    def _forward(self):
-        self.forwards += 1
-
-    def _backward(self):
-        self.backwards += 1
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-
-
 def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook, device) -> list[float]:
     """One sample run; returns the seconds of its steps 2 .. steps - 1 (module docstring)."""
-    from videoalign.commands.bench.speed_score import _sync
+    from videoalign.benchmark import sync as _sync
 
     stamps = []
 
@@ -173,20 +138,22 @@ def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook,
     return [b - a for a, b in itertools.pairwise(stamps[1:])]
 
 
-def run_speed_guide(cfg: SpeedGuideConfig) -> int:
+def run(cfg: SpeedGuideConfig) -> int:
     import dataclasses
 
-    from videoalign.commands.bench.speed_score import report
-    from videoalign.commands.bench.speed_dpo import build_template, resolve_device_dtype
+    import torch
+
+    from videoalign.benchmark import CallCounter, report, resolve_device_dtype
     from videoalign.gen.guidance import make_guidance_hook
+    from videoalign.gen.tiny import at_depth, transformer_only
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device, dtype = resolve_device_dtype(cfg)
-    # 1. the transformer (bench_dpo's builder), the k-block reward model from it, seeded random inputs
-    template = build_template(cfg, dtype)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    # 1. the transformer (gen/tiny.py's builder), the k-block reward model from it, seeded random inputs
+    template = transformer_only(cfg.model, dtype, cfg.seed)
     if cfg.model == TINY_RANDOM:
-        template = tiny_at_depth(template, cfg.num_layers, cfg.seed)
+        template = at_depth(template, cfg.num_layers, cfg.seed)
     gen = dataclasses.replace(template, transformer=template.transformer.to(device))
     rm = build_reward(gen.transformer, cfg.k, cfg.seed)
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,

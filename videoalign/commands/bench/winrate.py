@@ -2,8 +2,9 @@
 
 Both models sample every prompt with the same seeds and sampler settings: video j of prompt i (its position in
 the prompt file after `limit`) comes from seed + i * K + j (K = videos_per_prompt; seed + i for K = 1, as in
-`guide`). Every video is scored with VideoReward. Per dimension, and for Overall = sum_d w_d s_d / sum_d w_d, a
-pair is a win when aligned - base > tie_threshold, a tie when |aligned - base| <= tie_threshold (byte-identical
+`guide`). Every video is scored with VideoReward. Per dimension, and for the reward r = sum_d w_d s_d / sum_d w_d
+(docs/numerics.md, Overall and reward), a pair is a win when aligned - base > tie_threshold, a tie when
+|aligned - base| <= tie_threshold (byte-identical
 videos always tie), and win_rate = (wins + ties / 2) / n (metrics.win_tie_loss): a model against itself gets 0.5.
 
 Outputs in `output_dir`:
@@ -32,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from videoalign.commands.score import SCORE_SETTINGS, ScoreConfig
 from videoalign.config import config_to_dict
-from videoalign.gen.generator import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
+from videoalign.gen.families import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
+from videoalign.reward.settings import SCORE_SETTINGS, ScoringConfig
 
 SIDES = ("base", "aligned")
 #: settings that change the videos (scores: reward.*): an output_dir made with other values cannot be resumed into
@@ -80,10 +81,10 @@ class WinrateConfig:
     batch_size: int = 1
     #: |aligned - base| <= this is a tie (0: exact equality only)
     tie_threshold: float = 0.0
-    #: VQ:MQ:TA weights of the Overall column, "1:1:1" or "TA=1"
+    #: VQ:MQ:TA weights of the reward row, r = sum_d w_d s_d / sum_d w_d: "1:1:1" or "TA=1"
     weights: str = "1:1:1"
     #: VideoReward settings, `videoalign score`'s keys (reward.model, reward.batch_size, ...; not reward.device)
-    reward: ScoreConfig = field(default_factory=ScoreConfig)
+    reward: ScoringConfig = field(default_factory=ScoringConfig)
     #: videos, scores and reports go here; a rerun resumes
     output_dir: str = "runs/bench_winrate"
 
@@ -118,7 +119,7 @@ class WinrateConfig:
 def _family(model: str, name: str):
     """The model's family, or a ValueError naming the field. A missing local path (absolute, ./, ~, or not one
     `org/name` slash) is reported as such instead of being looked up on the hub."""
-    from videoalign.gen.generator import family_of
+    from videoalign.gen.families import family_of
 
     if model != TINY_RANDOM and not Path(model).exists() and (model.startswith(("/", ".", "~"))
                                                               or model.count("/") != 1):
@@ -161,22 +162,30 @@ def build_entries(cfg: WinrateConfig, prompts: list[str]) -> list[dict]:
             for i, p in enumerate(prompts) for j in range(k)]
 
 
+def video_list(out: Path):
+    """videos.jsonl (one entry per (prompt i, video j)) as a ResumableOutput, its settings in winrate.config.yaml."""
+    from videoalign.data import ResumableOutput
+
+    return ResumableOutput(out / "videos.jsonl", lambda e: (e["index"], e["video"]), out / "winrate.config.yaml")
+
+
+def settings_of(config: dict) -> dict:
+    """The settings that change the videos and their scores, flat (`reward.model`, ...)."""
+    return {**{k: config[k] for k in WINRATE_SETTINGS if k in config},
+            **{f"reward.{k}": v for k, v in (config.get("reward") or {}).items() if k in SCORE_SETTINGS}}
+
+
 def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
     """Where `out` holds videos or scores, refuse other settings (naming the field) or other prompts at the same
     positions; returns the old videos.jsonl entries by (index, video)."""
     import yaml
 
-    from videoalign.data import read_jsonl
-
-    def settings(config: dict) -> dict:
-        return {**{k: config[k] for k in WINRATE_SETTINGS if k in config},
-                **{f"reward.{k}": v for k, v in (config.get("reward") or {}).items() if k in SCORE_SETTINGS}}
-
-    old = {(e["index"], e["video"]): e for e in read_jsonl(out / "videos.jsonl")}
+    videos = video_list(out)
+    old = videos.done()
     saved_path = out / "winrate.config.yaml"
     made = any((out / "videos").glob("*/*.mp4")) or (out / "scores.jsonl").is_file()
     if saved_path.is_file() and made:
-        saved, now = settings(yaml.safe_load(saved_path.read_text()) or {}), settings(config_to_dict(cfg))
+        saved, now = settings_of(yaml.safe_load(saved_path.read_text()) or {}), settings_of(config_to_dict(cfg))
         if changed := [k for k in saved if saved[k] != now.get(k)]:
             diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
             raise ValueError(f"{out} holds videos or scores made with other settings ({diffs}); use a new "
@@ -194,7 +203,8 @@ def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
 def load_side(side: str, cfg: WinrateConfig, device, gen=None):
     """The generator of one side; `gen`, the base model when already loaded, is reused by the base side and takes
     the aligned side's LoRA (fused) or fine-tuned transformer. An aligned pipeline is loaded on its own."""
-    from videoalign.gen.generator import load_generator, load_lora, load_transformer
+    from videoalign.gen.generator import load_generator
+    from videoalign.gen.lora import load_lora, load_transformer
 
     if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
         return load_generator(cfg.aligned, cfg.dtype, device)
@@ -238,8 +248,9 @@ def sample_side(gen, side: str, jobs: list[dict], cfg: WinrateConfig, show: bool
 # -- figures --------------------------------------------------------------------------------------------------
 
 def figures_of(entries: list[dict], scored: dict[str, dict], cfg: WinrateConfig):
-    """(figures per dimension and Overall, weights, scored pairs, failed records)."""
+    """(figures per dimension and for the reward, weights, scored pairs, failed records)."""
     from videoalign.data import video_key
+    from videoalign.labels import REWARD
     from videoalign.metrics import win_tie_loss
     from videoalign.preferences import parse_weights, weighted_reward
 
@@ -259,11 +270,11 @@ def figures_of(entries: list[dict], scored: dict[str, dict], cfg: WinrateConfig)
             continue
         # byte-identical videos tie exactly: VideoReward's float noise across batch positions must not decide them
         same = filecmp.cmp(e["base"], e["aligned"], shallow=False)
-        scores = {s: {**{d: float(r[d]) for d in weights}, "Overall": weighted_reward(r, weights)}
+        scores = {s: {**{d: float(r[d]) for d in weights}, REWARD: weighted_reward(r, weights)}
                   for s, r in (("base", base), ("aligned", base if same else aligned))}
         pairs.append({**e, "identical": same, "scores": scores})
     figures = {}
-    for dim in [*weights, "Overall"]:
+    for dim in [*weights, REWARD]:
         a, b = [p["scores"]["aligned"][dim] for p in pairs], [p["scores"]["base"][dim] for p in pairs]
         figures[dim] = {**win_tie_loss(a, b, cfg.tie_threshold).as_dict(),
                         "mean_base": sum(b) / len(b) if b else math.nan,
@@ -282,7 +293,7 @@ def table_rows(figures: dict) -> list[list[str]]:
 def markdown(figures: dict, cfg: WinrateConfig, weights: dict, left_out: int) -> str:
     lines = [f"# VideoReward win rates: {cfg.aligned_videos or cfg.aligned} vs {cfg.base_videos or cfg.base}", "",
              (f"prompts: {cfg.prompts} x {cfg.videos_per_prompt} video(s), seed {cfg.seed}; reward: "
-              f"{cfg.reward.model}; tie: |aligned - base| <= {cfg.tie_threshold:g}; Overall weights "
+              f"{cfg.reward.model}; tie: |aligned - base| <= {cfg.tie_threshold:g}; reward weights "
               f"{':'.join(f'{w:g}' for w in weights.values())}; unscored pairs left out: {left_out}"), "",
              "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table_rows(figures)]) + "\n"
@@ -295,7 +306,7 @@ def report(figures: dict, cfg: WinrateConfig, weights: dict, pairs: list[dict], 
 
     from rich.table import Table
 
-    from videoalign.data import write_atomic
+    from videoalign.data import write_atomic, write_json
     from videoalign.log import stdout
     from videoalign.plots import win_tie_loss_bars
 
@@ -303,7 +314,7 @@ def report(figures: dict, cfg: WinrateConfig, weights: dict, pairs: list[dict], 
     payload = {"figures": figures, "weights": weights, "pairs_scored": len(pairs), "pairs_left_out": left_out,
                "settings": config_to_dict(cfg), "pairs": pairs, "versions": {"python": platform.python_version(), **{
                    m: version(m) for m in ("videoalign", "torch", "diffusers", "transformers", "accelerate")}}}
-    write_atomic(out / "winrate.json", json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    write_json(out / "winrate.json", payload)
     write_atomic(out / "winrate.md", markdown(figures, cfg, weights, left_out))
     win_tie_loss_bars(figures, out / "winrate.png",
                       title=f"{cfg.aligned_videos or cfg.aligned} vs {cfg.base_videos or cfg.base}")
@@ -321,10 +332,10 @@ def run(cfg: WinrateConfig) -> int:
     import torch
     import yaml
 
-    from videoalign.commands.score import score_into
-    from videoalign.data import ScoreItem, read_prompt_file, video_key, write_atomic, write_jsonl_atomic
+    from videoalign.data import ScoreItem, read_prompt_file, video_key, write_jsonl_atomic
+    from videoalign.reward.scoring import score_into
     from videoalign.distributed import broadcast_from_main, make_accelerator, shard
-    from videoalign.gen.generator import check_lora_file, check_transformer_folder
+    from videoalign.gen.lora import check_lora_file, check_transformer_folder
     from videoalign.log import console
 
     # 1. everything that can fail at once, before any sampling
@@ -360,7 +371,7 @@ def run(cfg: WinrateConfig) -> int:
             raise ValueError(f"aligned: {exc}; pass the model it was trained on as --base ({cfg.base} now)") from None
     accelerator.wait_for_everyone()  # every rank has read the old state before rank 0 writes
     if accelerator.is_main_process:
-        write_atomic(out / "winrate.config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        video_list(out).save_settings(config_to_dict(cfg))
         merged = {**old, **{(e["index"], e["video"]): e for e in entries}}
         write_jsonl_atomic(out / "videos.jsonl", [merged[k] for k in sorted(merged)])
         console.print(f"{len(prompts)} prompts x {cfg.videos_per_prompt}: " + "; ".join(
