@@ -10,8 +10,8 @@ from typing import Literal
 
 import pytest
 
-from videoalign.commands.score import ScoreConfig
 from videoalign.config import ConfigError, build_config, config_to_dict, load_recipe, parse_overrides
+from videoalign.reward.settings import ScoringConfig as ScoreConfig
 
 
 @dataclass
@@ -189,8 +189,12 @@ def test_post_init_rule_becomes_a_config_error():
     ],
 )
 def test_score_config_rules(layer, match):
+    from videoalign.commands.score import (
+        ScoreConfig as ScoreCommandConfig,  # the csv/output rule is score's own
+    )
+
     with pytest.raises(ConfigError, match=match):
-        build_config(ScoreConfig, layer)
+        build_config(ScoreCommandConfig if "csv" in layer else ScoreConfig, layer)
 
 
 def test_score_config_rule_sees_all_layers():

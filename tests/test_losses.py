@@ -11,14 +11,12 @@ import pytest
 import torch
 
 from videoalign.losses import (
-    INVALID,
     bt_loss,
     btt_loss,
     chosen_rejected,
     dpo_beta,
     flow_dpo_loss,
     flow_rwr_loss,
-    labels_from_strings,
     reduce_loss,
     reg_loss,
     rwr_weights,
@@ -33,16 +31,6 @@ def _t(rows, dtype=torch.float64):
 
 def _labels(rows):
     return torch.tensor(rows, dtype=torch.long)
-
-
-def test_labels_from_strings():
-    """"A" -> 1, "B" -> -1, "same" -> 0; "invalid", "", None, NaN, other case, padding, numbers -> 22."""
-    got = labels_from_strings(["A", "B", "same", "invalid", "", None, math.nan, "a", " A", "Same", 1])
-    assert got.dtype == torch.long
-    assert got.tolist() == [1, -1, 0, 22, 22, 22, 22, 22, 22, 22, 22]
-    assert INVALID == 22
-    nested = labels_from_strings([["A", "B", "same"], ["invalid", None, "A"]])  # (B=2, D=3)
-    assert nested.shape == (2, 3) and nested.tolist() == [[1, -1, 0], [22, 22, 1]]
 
 
 def test_chosen_rejected_convention():

@@ -18,8 +18,6 @@ from videoalign.metrics import (
     accuracy_with_ties_compat,
     accuracy_without_ties,
     accuracy_without_ties_compat,
-    label_from_pair,
-    label_from_vote,
     tie_accuracy_curve,
     win_rates,
 )
@@ -290,15 +288,6 @@ def test_win_rates():
     with pytest.raises(ValueError, match="NaN"):
         win_rates([NAN], [0.0])
     assert all(math.isnan(v) for v in win_rates([], []).values())
-
-
-def test_label_maps():
-    """GenAI-Bench: leftvote 1, rightvote -1, tievote 0, bothbad_vote 0, else NaN.
-    Pair CSV: "A" 1, "B" -1, "same" 0, else ("invalid", "", None, "a") NaN."""
-    assert [label_from_vote(v) for v in ("leftvote", "rightvote", "tievote", "bothbad_vote")] == [1, -1, 0, 0]
-    assert all(math.isnan(label_from_vote(v)) for v in ("left", "", None, NAN))
-    assert [label_from_pair(v) for v in ("A", "B", "same")] == [1, -1, 0]
-    assert all(math.isnan(label_from_pair(v)) for v in ("invalid", "", None, "a", NAN))
 
 
 def test_win_tie_loss_golden():

@@ -30,10 +30,10 @@ def test_weighted_reward_is_the_weighted_mean():
 
 def test_label_pair_ties_and_margin():
     # diffs: VQ +0.5, MQ -0.05, TA -0.3; tie threshold 0.1 -> chosen, tie, rejected
-    # margin with 1:1:1 = (0.5 - 0.05 - 0.3)/3 = 0.05 -> Overall tie (0.05 <= 0.1)
+    # margin with 1:1:1 = (0.5 - 0.05 - 0.3)/3 = 0.05 -> reward tie (0.05 <= 0.1)
     labels, margin = label_pair({"VQ": 1.0, "MQ": 0.0, "TA": 0.0}, {"VQ": 0.5, "MQ": 0.05, "TA": 0.3},
                                 {"VQ": 1, "MQ": 1, "TA": 1}, tie_threshold=0.1)
-    assert labels == {"VQ": "chosen", "MQ": "tie", "TA": "rejected", "Overall": "tie"}
+    assert labels == {"VQ": "chosen", "MQ": "tie", "TA": "rejected", "reward": "tie"}
     assert margin == pytest.approx(0.05)
 
 
@@ -45,7 +45,7 @@ def test_make_pair_orients_by_weighted_reward():
     pair = make_pair(a, b, parse_weights("1:0:0", DIMS), 0.0, "g")
     assert (pair["chosen"], pair["rejected"], pair["group"]) == ("a", "b", "g")
     assert pair["margin"] == pytest.approx(1.0)
-    assert pair["labels"] == {"VQ": "chosen", "MQ": "tie", "TA": "rejected", "Overall": "chosen"}
+    assert pair["labels"] == {"VQ": "chosen", "MQ": "tie", "TA": "rejected", "reward": "chosen"}
 
 
 def test_pair_group_all_and_best_worst():

@@ -3,7 +3,7 @@
 CSV inputs (paths relative to the CSV's folder):
 - `video,prompt`: one video per row;
 - the reference's pair-label CSV `path_A,path_B,prompt,...`: every distinct video is scored once, with the
-  prompt of its first occurrence (REFERENCE.md 9.6).
+  prompt of its first occurrence (docs/numerics.md, Accuracy with and without ties).
 
 JSONL outputs are append-only while a job runs (one `write` per batch, then fsync) and readers drop a torn
 last line, so a killed job loses nothing it wrote. Final files are written to a temp name and renamed.
@@ -249,7 +249,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int)
     def call(item):
         try:
             return fn(item)
-        except Exception as err:  # noqa: BLE001 - reported per item by the caller
+        except Exception as err:
             return err
 
     if workers <= 0:

@@ -159,7 +159,7 @@ def requested_cpu_processes() -> int:
         import psutil
 
         cmdline = psutil.Process(os.getppid()).cmdline()
-    except Exception:  # noqa: BLE001 - no parent information: nothing to do
+    except Exception:
         return 0
     if "launch" not in cmdline or not any("accelerate" in part for part in cmdline[:3]):
         return 0

@@ -1,4 +1,4 @@
-"""Rectified-flow maths (REFERENCE.md 10.1): noising, velocity targets, timestep sampling and shift, Euler steps.
+"""Rectified-flow maths (docs/numerics.md, Flow conventions): noising, velocity targets, timestep sampling and shift, Euler steps.
 
 Conventions: t in [0, 1] is diffusers' sigma and t = 1 is pure noise.
     x_t = (1 - t) * x0 + t * noise          (add_noise)
@@ -27,7 +27,7 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def sample_timesteps(n: int, shift: float = 3.0, mode: TimestepSampling = "logit_normal", mean: float = 0.0,
                      std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n,) float32 training timesteps, as SD3 and the authors' Flow-DPO draw them (REFERENCE.md 10.1).
+    """(n,) float32 training timesteps, as SD3 and the authors' Flow-DPO draw them (docs/numerics.md, Flow conventions).
 
     u = sigmoid(N(mean, std)) (logit_normal) or U[0, 1) (uniform, the paper's pseudo-code); then entry
     i = floor(1000 u) of the shifted 1000-entry sigma table of FlowMatchEulerDiscreteScheduler(shift), i.e.
@@ -55,7 +55,7 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_mse(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
-    """(B,) mean squared error over all non-batch dimensions, in float32 (REFERENCE.md 10.4's `err`)."""
+    """(B,) mean squared error over all non-batch dimensions, in float32 (docs/numerics.md, Flow-DPO's `err`)."""
     diff = v_pred.float() - v_target.float()
     return diff.pow(2).flatten(1).mean(dim=1)
 

@@ -99,10 +99,8 @@ class Pair:
         return weighted_reward(self.scores_a, w), weighted_reward(self.scores_b, w)
 
     def preferred(self) -> int:
-        """1 when A is preferred, -1 for B, 0 for neither: relabel's chosen side (A) always; a CSV's Overall label
-        when it has one, else the majority of its dimension labels."""
-        if self.scores_a is not None or REWARD in self.labels:
-            return 1
+        """By its labels: 1 when A is preferred, -1 for B, 0 for neither: the Overall label when there is one, else
+        the majority of the dimension labels. (Relabel's pairs need no labels: their chosen side is A.)"""
         overall = self.labels.get("Overall", INVALID)
         if overall != INVALID:
             return overall
@@ -138,7 +136,7 @@ def read_pairs(source: str | Path, videos_root: str | Path | None = None, dims: 
     path = Path(source)
     if text is None:
         if not path.is_file():
-            raise DataError(f"{path}: no such pair file; pass relabel's pairs JSONL or a pair CSV")
+            raise DataError(f"{path}: no such file; pass relabel's pairs JSONL or a pair CSV")
         text = path.read_text(encoding="utf-8-sig")
         root = Path(videos_root) if videos_root else path.parent
     else:
@@ -307,15 +305,22 @@ def _vote_pair(row, root: Path, n: int, dims) -> Pair:
 
 def read_preferences(source: str | Path, videos_root: str | Path | None = None) -> PairFile:
     """The pairs of a pair file oriented chosen = A, rejected = B (Pair.preferred), for Flow-DPO and Flow-RWR: a
-    pair with no preferred side (a CSV tie) is a problem."""
-    found = read_pairs(source, videos_root)
-    oriented = []
+    pair with no preferred side (a CSV tie) is a problem. Relabel's JSONL needs no labels (its chosen side is A);
+    a CSV's labels decide."""
+    import re
+
+    path = Path(source)
+    jsonl = path.is_file() and path.read_text(encoding="utf-8-sig").lstrip()[:1] == "{"
+    found = read_pairs(path, videos_root, [] if jsonl else None)
+    oriented, problems = [], list(found.problems)
     for pair in found.pairs:
-        side = pair.preferred()
+        side = 1 if jsonl else pair.preferred()
         if side == 0:
-            found.problems.append(f"{source} line {pair.line}: a tie (no preferred side); Flow-DPO needs a chosen "
-                                  "and a rejected video")
+            problems.append(f"{source} line {pair.line}: a tie (no preferred side); Flow-DPO needs a chosen and a "
+                            "rejected video")
             continue
         oriented.append(pair if side > 0 else pair.swapped())
+    line = re.compile(r" line (\d+): ")
+    found.problems = sorted(problems, key=lambda p: int(m.group(1)) if (m := line.search(p)) else 0)
     found.pairs = oriented
     return found

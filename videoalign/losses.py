@@ -1,4 +1,4 @@
-"""Pairwise losses of the VideoReward reward model (REFERENCE.md section 7). Pure torch functions.
+"""Pairwise losses of the VideoReward reward model (docs/numerics.md, Reward losses). Pure torch functions.
 
 Every loss takes the two sides' rewards r_a, r_b of shape (B, D) (D reward dimensions, 3 for VQ/MQ/TA, but any
 D works) and returns the **per-element** loss and its mask, both (B, D). Masked entries hold a loss of exactly 0
@@ -52,7 +52,7 @@ def _check(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor | None = N
 
 def chosen_rejected(r_a: torch.Tensor, r_b: torch.Tensor,
                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-entry chosen and rejected rewards (REFERENCE.md 7.1).
+    """Per-entry chosen and rejected rewards (docs/numerics.md, Labels).
 
     chosen = r_a if label == 1 else r_b;  rejected = r_b if label == 1 else r_a.
     So label -1, 0 and 22 all give chosen = B, rejected = A.
@@ -90,7 +90,7 @@ def bt_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor) -> tuple
 
 def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor,
              theta: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rao-Kupper Bradley-Terry-with-ties loss per entry (REFERENCE.md 7.2); mask = label != 22.
+    """Rao-Kupper Bradley-Terry-with-ties loss per entry (docs/numerics.md, Reward losses); mask = label != 22.
 
     With d = chosen - rejected:
         win (label 1 or -1): l = -log sigma(d - ln theta)
@@ -121,7 +121,7 @@ def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, labels: torch.Tensor,
 
 def reg_loss(r_a: torch.Tensor, r_b: torch.Tensor, mos_a: torch.Tensor,
              mos_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Regression loss per entry (REFERENCE.md 7.4): l = (r - (MOS - 3))^2 with mask MOS != 0.
+    """Regression loss per entry (docs/numerics.md, Reward losses): l = (r - (MOS - 3))^2 with mask MOS != 0.
 
     The sides are stacked as [A, B] on dim 1. The mask is tested on the raw MOS, before 3.0 is subtracted:
     MOS 0 means "absent" (masked), MOS 3 is a valid target of 0.
@@ -175,7 +175,7 @@ def reduce_loss(loss: torch.Tensor, mask: torch.Tensor, mode: Reduction = "compa
     raise ValueError(f"mode must be 'compat' or 'masked_mean'; got {mode!r}")
 
 
-# --- Flow-DPO and Flow-RWR (REFERENCE.md 10.4, 10.6) ---------------------------------------------------------
+# --- Flow-DPO and Flow-RWR (docs/numerics.md, Flow-DPO and Flow-RWR) ---------------------------------------------------------
 
 BetaSchedule = Literal["constant", "timestep"]
 RwrWeighting = Literal["exp", "raw", "uniform"]

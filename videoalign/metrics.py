@@ -1,4 +1,4 @@
-"""Pairwise preference metrics: accuracy without and with ties (REFERENCE.md 9.3-9.5), win rates (10.9). Pure.
+"""Pairwise preference metrics: accuracy without and with ties (docs/numerics.md, Accuracy with and without ties), win rates (10.9). Pure.
 
 Notation: one entry per pair; h is the human label (1 = A better, -1 = B better, 0 = tie, NaN = label not
 mappable) and m = s_A - s_B is the model's margin. For a threshold eps the model predicts a tie iff |m| <= eps.
@@ -61,7 +61,7 @@ def _as_arrays(human: Sequence[float], margin: Sequence[float]) -> tuple[np.ndar
 
 
 def accuracy_without_ties(human: Sequence[float], margin: Sequence[float]) -> float:
-    """C / (C + D) over the pairs with h != 0 (REFERENCE.md 9.3).
+    """C / (C + D) over the pairs with h != 0 (docs/numerics.md, Accuracy with and without ties).
 
     C: h * m > 0. D: everything else, i.e. wrong sign, m == 0 exactly, NaN label or NaN margin. Pairs with h == 0
     are left out; pairs with a NaN label stay in (as D). NaN when no pair has h != 0.
@@ -101,7 +101,7 @@ def _tie_states(h: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def accuracy_with_ties(human: Sequence[float], margin: Sequence[float]) -> TieResult:
-    """Exact accuracy with ties (REFERENCE.md 9.4; Deutsch et al. 2023, Algorithm 1), O(N log N).
+    """Exact accuracy with ties (docs/numerics.md, Accuracy with and without ties; Deutsch et al. 2023, Algorithm 1), O(N log N).
 
     acc(eps) = (C + T_hm) / N for eps in {-inf} U {distinct |m_i|}; returns the max and the smallest eps reaching
     it. A pair with a NaN margin is never a model tie. With finite margins the result is >= the human tie rate
@@ -154,7 +154,7 @@ def tie_accuracy_curve(human: Sequence[float], margin: Sequence[float]) -> tuple
     return thresholds[keep].tolist(), accuracy[keep].tolist()
 
 
-# --- compat: the reference's calc_accuracy.py (REFERENCE.md 9.5) ---------------------------------------------
+# --- compat: the reference's calc_accuracy.py (docs/numerics.md, Accuracy with and without ties) ---------------------------------------------
 
 def _ref_class(hi: Any, mi: Any, eps: Any, strict: bool) -> str:
     """The reference's class of one pair, with its tests in its order and on the raw values (Python semantics)."""
@@ -186,7 +186,7 @@ def accuracy_without_ties_compat(human: Sequence[Any], margin: Sequence[Any]) ->
 
 
 def accuracy_with_ties_compat(human: Sequence[Any], margin: Sequence[Any]) -> TieResult:
-    """The reference's accuracy with ties (`calc_accuracy_with_ties`, REFERENCE.md 9.5), for published numbers.
+    """The reference's accuracy with ties (`calc_accuracy_with_ties`, docs/numerics.md, Accuracy with and without ties), for published numbers.
 
     1. Start from the eps = -1 statistics (no model ties); best = -inf.
     2. Stable-sort the pairs by |m| (Python's `sorted`, input order kept within equal |m|).
@@ -222,7 +222,7 @@ def accuracy_with_ties_compat(human: Sequence[Any], margin: Sequence[Any]) -> Ti
             if acc > best:
                 best, best_eps = acc, eps
         return TieResult(best, float(best_eps), tie_rate, n)
-    except Exception as error:  # noqa: BLE001 - the reference's behaviour, kept on purpose
+    except Exception as error:
         warnings.warn(f"accuracy_with_ties_compat: {error!r}; returning 0 as the reference does", stacklevel=2)
         return TieResult(0.0, math.nan, math.nan, n)
 
@@ -241,7 +241,7 @@ class WinTieLoss(NamedTuple):
     @property
     def win_rate(self) -> float:
         """(wins + ties / 2) / n: a tie counts half, so equal models score 0.5 (the paper's 50 for the pretrained
-        model, REFERENCE.md 10.9); NaN for n = 0."""
+        model, docs/numerics.md, Win rates); NaN for n = 0."""
         return (self.wins + self.ties / 2) / self.n if self.n else math.nan
 
     def as_dict(self) -> dict[str, float]:

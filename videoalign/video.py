@@ -1,6 +1,6 @@
 """Decode, sample and write video files: the only module that imports a codec.
 
-It owns REFERENCE.md sections 1.1-1.3: how many frames the reference samples from a clip
+It owns docs/numerics.md, Frames: how many frames the reference samples from a clip
 (`sample_frame_count`, fps mode and nframes mode with Python's half-to-even `round`), which
 frames (`frame_indices`, float32 `torch.linspace` + `torch.round`), and decoding exactly those
 frames with decord 0.6.0 as uint8 RGB (`read_video`). Decord is kept for parity: other decoders
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# REFERENCE 1.2 constants (the reference's vendored `vision_process.py`).
+# docs/numerics.md, Frames constants (the reference's vendored `vision_process.py`).
 FRAME_FACTOR = 2
 FPS_MIN_FRAMES = 4
 FPS_MAX_FRAMES = 768
@@ -47,7 +47,7 @@ def _floor2(x: float) -> int:
 
 def _round2(x: float) -> int:
     # Python's round is half to even: round(10.5) == 10, round(11.5) == 12. This is what the
-    # reference uses, and why 21 -> 20 but 23 -> 24 (REFERENCE 1.2).
+    # reference uses, and why 21 -> 20 but 23 -> 24 (docs/numerics.md, Frames).
     return round(x / FRAME_FACTOR) * FRAME_FACTOR
 
 
@@ -57,7 +57,7 @@ def sample_frame_count(
     fps: float | None = DEFAULT_FPS,
     num_frames: int | None = None,
 ) -> int:
-    """Number of frames the reference samples from a clip (REFERENCE 1.2).
+    """Number of frames the reference samples from a clip (docs/numerics.md, Frames).
 
     fps mode (default, the released setting): ``n = total / src_fps * fps`` in float64, clamped to
     ``[ceil2(4), floor2(min(768, total))]`` and rounded to even with Python's ``round``.
@@ -101,7 +101,7 @@ def sample_frame_count(
 
 
 def frame_indices(total_frames: int, n: int) -> list[int]:
-    """Indices of the ``n`` sampled frames (REFERENCE 1.3).
+    """Indices of the ``n`` sampled frames (docs/numerics.md, Frames).
 
     Uses torch's default-dtype (float32) linspace and ``torch.round`` (half to even) on purpose:
     a float64 re-derivation differs on exact ``.5`` cases.
@@ -204,7 +204,7 @@ def read_video(
     fps: float | None = DEFAULT_FPS,
     num_frames: int | None = None,
 ) -> VideoFrames:
-    """Decode the frames the reference would sample from ``path`` (REFERENCE 1.1-1.3).
+    """Decode the frames the reference would sample from ``path`` (docs/numerics.md, Frames).
 
     Only the sampled indices are decoded (decord ``get_batch``), with one decoder thread so the
     result does not depend on the machine. Raises `VideoError` for a missing, unreadable, empty or

@@ -23,8 +23,8 @@ import torch
 
 from videoalign.flow import add_noise
 from videoalign.gen.generator import load_generator
-from videoalign.gen.lora import load_lora
 from videoalign.gen.latent_cache import CacheSpec, LatentCache
+from videoalign.gen.lora import load_lora
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red ball rolling on grass", "a cat walking in the snow", "waves on a beach", "a city at night"]

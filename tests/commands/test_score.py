@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 
-from videoalign.cli import app
 from videoalign.video import write_video
 
 DIMS = ("VQ", "MQ", "TA", "Overall")
@@ -478,20 +476,7 @@ def test_two_processes_equal_one(clips, tmp_path, cli):
     assert not Path(str(two) + ".parts").exists()
 
 
-# --- 9. names line up; the debug recipe runs --------------------------------------------------------------
-
-
-def test_names_line_up(cli):
-    group = typer.main.get_command(app)
-    names = sorted(group.commands)
-    assert {"score", "relabel", "bench"} <= set(names)
-    assert "score" in group.commands["bench"].commands["speed"].commands  # `bench speed score`
-    missing = []
-    for name in (n.replace("-", "_") for n in names):  # `videoalign train-reward` -> commands/train_reward.py
-        for rel in (f"videoalign/commands/{name}.py", f"recipes/debug/{name}.yaml", f"tests/commands/test_{name}.py"):
-            if not (cli.repo / rel).is_file():
-                missing.append(rel)
-    assert not missing, f"commands without their module, debug recipe or test: {missing}"
+# --- 9. the debug recipe runs --------------------------------------------------------------
 
 
 def test_debug_recipe_runs(csv6, tmp_path, cli):

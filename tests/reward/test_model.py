@@ -19,7 +19,6 @@ import shutil
 import pytest
 import torch
 
-from videoalign.reward.videoreward import PreparedVideo, VideoReward
 from videoalign.reward.inputs import RewardInputBuilder, fill_template, load_template
 from videoalign.reward.layouts import (
     DEFAULT_LORA,
@@ -36,6 +35,7 @@ from videoalign.reward.model import (
     build_tiny_random,
     tiny_random_tokenizer,
 )
+from videoalign.reward.videoreward import PreparedVideo, VideoReward
 from videoalign.reward.vision import preprocess_frames
 
 DIMS = ("VQ", "MQ", "TA")

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from videoalign.losses import btt_loss, reduce_loss
-from videoalign.reward.videoreward import VideoReward
-from videoalign.reward.trainable import TrainableConfig, enable_activation_checkpointing, lora_factors, wrap_for_training
 from videoalign.reward.model import RewardConfig, build_tiny_random
+from videoalign.reward.trainable import (
+    TrainableConfig,
+    enable_activation_checkpointing,
+    lora_factors,
+    wrap_for_training,
+)
+from videoalign.reward.videoreward import VideoReward
 from videoalign.reward.vision import preprocess_frames
 
 

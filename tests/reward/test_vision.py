@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from videoalign.video import read_video
 from videoalign.reward.vision import (
     CLIP_MEAN,
     CLIP_STD,
@@ -27,6 +26,7 @@ from videoalign.reward.vision import (
     resize_frames,
     smart_resize,
 )
+from videoalign.video import read_video
 
 # REFERENCE 1.7: clip -> (n, (H, W), (h, w), grid (t, h, w), video tokens).
 TABLE = {

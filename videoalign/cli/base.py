@@ -255,7 +255,7 @@ def run_cli(argv: list[str]) -> int:
         result = app([str(a) for a in argv], prog_name="videoalign", standalone_mode=False)
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception as exc:  # noqa: BLE001 - typer.Exit / click's Exit (Typer may vendor click): their code
+    except Exception as exc:
         if hasattr(exc, "exit_code"):
             return int(exc.exit_code)
         raise

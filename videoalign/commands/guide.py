@@ -1,4 +1,4 @@
-"""`videoalign guide`: Flow-NRG sampling, steered at inference by a noisy-latent reward model (REFERENCE.md 10.7).
+"""`videoalign guide`: Flow-NRG sampling, steered at inference by a noisy-latent reward model (docs/numerics.md, Flow-NRG).
 
 Every Euler step shifts the CFG velocity by the reward gradient of the latent reward model (guidance.py):
 `v <- v - W * t / (1 - t) * grad_x sum_d lambda_d r_phi,d(x_t, t, c)`, except at t = 1. The gradient runs
@@ -61,6 +61,7 @@ class GuideConfig:
     scale: float = 100.0
     #: classifier-free guidance scale (1 = no negative branch)
     guidance_scale: float = 5.0
+    #: negative prompt of classifier-free guidance
     negative_prompt: str = ""
     #: Euler sampling steps
     steps: int = 50
@@ -68,8 +69,9 @@ class GuideConfig:
     seed: int = 0
     #: frames, 4k+1 (null: the latent reward model's recorded shape, else 81)
     num_frames: int | None = None
-    #: clip size, multiples of 16 (null: the latent reward model's recorded shape, else 480 x 832)
+    #: clip height, a multiple of 16 (null: the latent reward model's recorded shape, else 480)
     height: int | None = None
+    #: clip width, a multiple of 16 (null: the latent reward model's recorded shape, else 832)
     width: int | None = None
     #: frames per second written into the mp4s
     fps: float = 16.0

@@ -130,9 +130,9 @@ def build_pairs(source, scored: dict[str, dict], cfg: RelabelConfig, dims: list[
 
 def run(cfg: RelabelConfig) -> int:
     from videoalign.data import read_relabel_input, write_jsonl_atomic
-    from videoalign.reward.scoring import score_into
     from videoalign.distributed import broadcast_from_main, make_accelerator
     from videoalign.log import console, stdout
+    from videoalign.reward.scoring import score_into
     accelerator = make_accelerator(cfg.device)
     source = read_relabel_input(cfg.input)
     items, row_errors = collect_items(source)

@@ -94,7 +94,7 @@ def run(cfg: TrainLatentRmConfig) -> int:
     from videoalign.gen.generator import load_generator
     from videoalign.gen.latent_reward import build_latent_reward, save_latent_reward
     from videoalign.gen.objectives import latent_rm_accuracy, latent_rm_step, train_accuracy
-    from videoalign.gen.training import drop_unencoded, draw_noise, item_key, prepare_cache, report_items
+    from videoalign.gen.training import draw_noise, drop_unencoded, item_key, prepare_cache, report_items
     from videoalign.labels import read_pairs
     from videoalign.log import console
     from videoalign.trainer import Objective, Trainer, check_output_dir, trainable_params

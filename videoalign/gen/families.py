@@ -128,7 +128,7 @@ def _hub_file(repo: str, filename: str) -> str:
 
     try:
         return hf_hub_download(repo, filename)
-    except Exception as exc:  # noqa: BLE001 - offline, gated or missing: one clear line
+    except Exception as exc:
         raise ValueError(f"{repo}: cannot fetch {filename} from the Hugging Face hub ({type(exc).__name__}); "
                          "download the model and pass its folder, or use tiny-random") from None
 

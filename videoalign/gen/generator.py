@@ -184,7 +184,7 @@ def _load_parts(model: str, torch_dtype) -> dict:
         try:
             root = Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "tokenizer/*",
                                                                  "*.model", "*.txt"]))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"{model}: cannot download from the Hugging Face hub ({type(exc).__name__}); download "
                              "it and pass its folder, or use tiny-random") from None
     return {"transformer": WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch_dtype),

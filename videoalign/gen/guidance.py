@@ -1,4 +1,4 @@
-"""Flow-NRG: noisy reward guidance at inference time (REFERENCE.md 10.7).
+"""Flow-NRG: noisy reward guidance at inference time (docs/numerics.md, Flow-NRG).
 
 The target is p~(x0 | c) proportional to p_ref(x0 | c) exp(r(x0, c))^w. For rectified flow (alpha_t = 1 - t,
 sigma_t = t) it is sampled by shifting the velocity at every Euler step from t_i to t_{i+1}:

@@ -1,4 +1,4 @@
-"""The noisy-latent reward model r_phi(x_t, t, text) of Flow-NRG (REFERENCE.md 10.7), and its saved format.
+"""The noisy-latent reward model r_phi(x_t, t, text) of Flow-NRG (docs/numerics.md, Flow-NRG), and its saved format.
 
 r_phi reads a noisy latent directly, so its gradient with respect to x_t can steer sampling (guidance.py). It is
 built from the first k blocks of the pretrained video transformer (Wan: `patch_embedding`, `rope`,
@@ -30,17 +30,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from videoalign.gen.families import WAN
-from videoalign.gen.settings import POOLINGS as _POOLINGS
 from videoalign.gen.settings import LatentRewardConfig
 
 LATENT_REWARD_FORMAT = "videoalign.gen.latent_reward"

@@ -63,8 +63,8 @@ def check_lora_file(transformer, path: str | Path) -> None:
     file = Path(path) / LORA_FILE if Path(path).is_dir() else Path(path)
     try:
         with safe_open(str(file), "pt") as fh:
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:
         raise ValueError(f"{file}: not a readable .safetensors file ({type(exc).__name__})") from None
     if not any("lora" in k for k in shapes):
         raise ValueError(f"{file} holds no LoRA weights; pass the final/ folder of dpo or rwr")

@@ -59,7 +59,7 @@ class LatentRewardConfig:
         if len(set(self.dims)) != len(self.dims):
             raise ValueError(f"dims must not repeat a name, got {self.dims}")
         if not isinstance(self.freeze_backbone, bool):
-            raise ValueError(  # noqa: TRY004 - a config error is a ValueError naming the field (ARCHITECTURE 3)
+            raise ValueError(
                 f"freeze_backbone must be true or false, got {self.freeze_backbone!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
@@ -87,8 +87,9 @@ class LatentTrainingConfig(TrainingConfig):
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     #: frames per training clip; Wan needs 4k+1
     num_frames: int = 81
-    #: training resolution (multiples of 16)
+    #: training height (a multiple of 16)
     height: int = 480
+    #: training width (a multiple of 16)
     width: int = 832
     #: frame rate the clips are read at (null: consecutive source frames)
     fps: float | None = None
@@ -96,10 +97,13 @@ class LatentTrainingConfig(TrainingConfig):
     resize: Literal["crop", "stretch"] = "crop"
     #: AdamW learning rate (paper: 5e-6; >= 1e-4 has collapsed LoRA DPO runs)
     learning_rate: float = 5e-6
+    #: AdamW weight decay
     weight_decay: float = 0.0
     #: training timesteps: logit_normal (SD3's, concentrated mid-way) or uniform (every noise level alike)
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    #: mean of the normal whose logistic gives logit_normal timesteps
     logit_mean: float = 0.0
+    #: standard deviation of that normal
     logit_std: float = 1.0
     #: flow shift s applied to the drawn t (1.0 = none; null: the model family's, 3.0 for Wan 480p)
     shift: float | None = None
@@ -130,6 +134,7 @@ class AlignConfig(LatentTrainingConfig):
     warmup_steps: int = 0
     #: sample the validation prompts to mp4 every N steps (0 = never; the end of training always, if any)
     validate_every: int = 0
+    #: prompts sampled to samples/step-N/ and samples/final/ with the trained weights (repeat the option per prompt)
     validation_prompts: list[str] = field(default_factory=list)
     #: one video per (prompt, seed)
     validation_seeds: list[int] = field(default_factory=lambda: [0])
@@ -137,6 +142,7 @@ class AlignConfig(LatentTrainingConfig):
     sample_steps: int = 50
     #: classifier-free guidance scale of the validation samples (1 = no negative branch)
     guidance_scale: float = 5.0
+    #: negative prompt of the validation samples' classifier-free guidance
     negative_prompt: str = ""
     #: fps written into the sample mp4s
     sample_fps: float = 16.0

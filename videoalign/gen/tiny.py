@@ -8,6 +8,7 @@ import torch
 
 from videoalign.gen.families import WAN
 
+
 def tiny_text_tokenizer():
     """A 384-token BPE trained in-process (deterministic, milliseconds) with T5-style <pad>, </s>, <unk>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

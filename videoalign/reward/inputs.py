@@ -1,6 +1,6 @@
 """Prompt template + video tokens -> VideoReward model inputs. The one place that knows the chat layout.
 
-The rendered sequence (REFERENCE.md section 3.2) is the Qwen2-VL chat template with one user turn, the
+The rendered sequence (docs/numerics.md, Prompt and tokens) is the Qwen2-VL chat template with one user turn, the
 video first and the filled rubric second, the default system prompt and the generation prompt:
 
     <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n<|vision_start|>
@@ -96,7 +96,7 @@ class RewardInputBuilder:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_prompt(self, prompt: str) -> None:
-        """Reject a prompt that would break reward-token pooling (REFERENCE.md 3.4)."""
+        """Reject a prompt that would break reward-token pooling (docs/numerics.md, Prompt and tokens)."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {type(prompt).__name__}")
         for token in [*(reward_token(d) for d in self.dims), *RESERVED_IN_PROMPT]:

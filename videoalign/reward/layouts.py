@@ -1,4 +1,4 @@
-"""The reference implementation's two checkpoint layouts (REFERENCE.md section 6), read and written.
+"""The reference implementation's two checkpoint layouts (docs/numerics.md, Checkpoint layouts), read and written.
 
     root/model_config.json                     data_config, model_config, peft_lora_config, inference_config
     root/checkpoint-<N>/model.pth              full layout (released): PEFT-wrapped full state dict
@@ -123,7 +123,7 @@ def lora_targets(model: nn.Module, lora: dict) -> list[str]:
 
 
 def remap_reference_key(key: str) -> str:
-    """transformers-4.45 keys -> 5.x keys, keeping the PEFT prefix and `.base_layer.` (REFERENCE.md 6.4)."""
+    """transformers-4.45 keys -> 5.x keys, keeping the PEFT prefix and `.base_layer.` (docs/numerics.md, Checkpoint layouts)."""
     if key.startswith(PEFT_PREFIX + "visual."):
         return PEFT_PREFIX + "model." + key[len(PEFT_PREFIX):]
     if key.startswith(PEFT_PREFIX + "model."):
@@ -211,7 +211,7 @@ def load_reference(root: Path, dtype: torch.dtype, base_model: str | None = None
         model = build_reward_model(backbone, tokenizer, config)
         state = _torch_load(full)
         peft_state = {remap_reference_key(k): v for k, v in state.items()}
-        peft_state.pop(PEFT_PREFIX + "lm_head.weight", None)  # tied copy, unused (REFERENCE.md 6.5)
+        peft_state.pop(PEFT_PREFIX + "lm_head.weight", None)  # tied copy, unused (docs/numerics.md, Checkpoint layouts)
         plain = merge_lora_state(peft_state, model, config.lora, str(full))
         load_strict(model, plain, source=str(full))
         return model, tokenizer, config, step_dir
@@ -278,7 +278,7 @@ def _torch_load(path: Path) -> dict:
     try:
         # mmap: the released model.pth is 5 GB; tensors are paged in as they are copied into the model.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is reported the same way
+    except Exception as err:
         raise CheckpointError(f"{path}: cannot be read as a weights-only state dict ({err.__class__.__name__}); "
                               "it is damaged, or holds pickled code, which is refused") from None
     if not isinstance(state, dict):

@@ -1,4 +1,4 @@
-"""VideoReward: Qwen2-VL + one special token per dimension + a linear reward head (REFERENCE.md section 4).
+"""VideoReward: Qwen2-VL + one special token per dimension + a linear reward head (docs/numerics.md, Positions).
 
 Owns the model (`VideoRewardModel`), its checkpoint metadata (`RewardConfig`), our own saved format
 (`config.json` + `model.safetensors` + tokenizer files) and the seeded `tiny-random` model. The reference's
@@ -7,7 +7,7 @@ right loader for a hub id, a local folder or `tiny-random`.
 
 Forward: embed the ids, write the vision tower's merged tokens into the `<|video_pad|>` slots, run the text
 decoder with plain 1-D positions `arange(L)` on all three M-RoPE axes (what the released model was trained
-with: REFERENCE.md section 4), read the final-norm hidden states at the reward tokens and apply `rm_head`.
+with: docs/numerics.md, Positions), read the final-norm hidden states at the reward tokens and apply `rm_head`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ NATIVE_FORMAT = "videoalign.videoreward"
 NATIVE_WEIGHTS = "model.safetensors"
 NATIVE_CONFIG = "config.json"
 TINY_RANDOM = "tiny-random"
-#: the Qwen2-VL-2B architecture (REFERENCE.md 4.1, 2.4) with random weights and tiny-random's tokenizer: real-size
+#: the Qwen2-VL-2B architecture (docs/numerics.md, Positions and Pixels and patches) with random weights and tiny-random's tokenizer: real-size
 #: speed and memory figures without a download (`bench speed --device cuda`); its scores are meaningless
 QWEN2_VL_2B_RANDOM = "qwen2-vl-2b-random"
 RANDOM_MODELS = (TINY_RANDOM, QWEN2_VL_2B_RANDOM)
-#: Qwen2-VL-2B's text embedding rows after the reward model's resize (REFERENCE.md 3.3)
+#: Qwen2-VL-2B's text embedding rows after the reward model's resize (docs/numerics.md, Prompt and tokens)
 QWEN2_VL_2B_VOCAB = 151660
 DEFAULT_MODEL = "KwaiVGI/VideoReward"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -119,7 +119,7 @@ class VideoRewardModel(nn.Module):
 
 def resize_vocab(backbone: nn.Module, num_tokens: int) -> None:
     """Resize the text embedding to `num_tokens` rows, keeping rows 0..n-1 (for Qwen2-VL-2B this *shrinks*
-    151936 -> 151660, so the reward tokens start from pre-existing padding rows: REFERENCE.md 3.3)."""
+    151936 -> 151660, so the reward tokens start from pre-existing padding rows: docs/numerics.md, Prompt and tokens)."""
     old = backbone.get_input_embeddings()
     if old.num_embeddings == num_tokens:
         return

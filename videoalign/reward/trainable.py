@@ -1,4 +1,4 @@
-"""What trains in a VideoReward model, and how (REFERENCE.md 8.2-8.4): LoRA on the language model, the vision
+"""What trains in a VideoReward model, and how (docs/numerics.md, Reward training recipe): LoRA on the language model, the vision
 tower and merger trained or frozen, only the reward tokens' embedding rows, the head, one learning rate per
 group. Also the LoRA factors' extraction, for checkpoints and the reference layout.
 

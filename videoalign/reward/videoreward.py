@@ -30,8 +30,8 @@ from videoalign.reward.model import (
     load_native,
     save_native,
 )
-from videoalign.video import read_video
 from videoalign.reward.vision import preprocess_frames
+from videoalign.video import read_video
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _download(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id))
-    except Exception as err:  # noqa: BLE001 - offline, missing repo, auth: one clear message
+    except Exception as err:
         raise CheckpointError(
             f"model {repo_id!r} is neither a local folder nor downloadable ({err.__class__.__name__}); "
             "pass a local checkpoint folder to --model (and --base-model for the base Qwen2-VL), or tiny-random"

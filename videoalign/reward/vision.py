@@ -1,6 +1,6 @@
 """Qwen2-VL frame preprocessing without torchvision: resize, normalise, patchify, grid_thw.
 
-It owns REFERENCE.md sections 1.4, 1.5, 2.1 and 2.2 and reproduces, bit for bit, the
+It owns docs/numerics.md, Resize and Pixels and patches and reproduces, bit for bit, the
 `pixel_values_videos` and `video_grid_thw` that the reference builds with torchvision 0.18 and
 transformers 4.45.2's `Qwen2VLImageProcessor`:
 
@@ -39,7 +39,7 @@ def smart_resize(
     min_pixels: int = VIDEO_MIN_PIXELS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
-    """Target (h, w) for a (height, width) frame (REFERENCE 1.4), both multiples of ``factor``.
+    """Target (h, w) for a (height, width) frame (docs/numerics.md, Resize), both multiples of ``factor``.
 
     Python float64 with the reference's exact expression order: boundary cases such as
     720x1280, where ``H / beta / 28`` is exactly 12.0, depend on it. After the max_pixels branch
@@ -72,7 +72,7 @@ def smart_resize(
 
 
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize uint8 (T, 3, H, W) frames to uint8 (T, 3, height, width) (REFERENCE 1.5).
+    """Resize uint8 (T, 3, H, W) frames to uint8 (T, 3, height, width) (docs/numerics.md, Resize).
 
     Reproduces torchvision's ``resize(BICUBIC, antialias=True)`` on a uint8 tensor: float32,
     antialiased bicubic, clamp to [0, 255], round half to even, uint8. Frames that are already
@@ -88,7 +88,7 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (T, 3, h, w) -> float32 (T, 3, h, w), CLIP-normalised (REFERENCE 2.1), bit-exact.
+    """uint8 (T, 3, h, w) -> float32 (T, 3, h, w), CLIP-normalised (docs/numerics.md, Pixels and patches), bit-exact.
 
     The rescale multiplies by the double 1/255 and then casts, as transformers' ``rescale`` does;
     dividing by 255 in float32 differs in the last bit for some values.
@@ -101,7 +101,7 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
 
 
 def patchify(pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """float32 (T, 3, h, w) -> (rows (gt*gh*gw, 1176), grid_thw (gt, gh, gw)) (REFERENCE 2.2).
+    """float32 (T, 3, h, w) -> (rows (gt*gh*gw, 1176), grid_thw (gt, gh, gw)) (docs/numerics.md, Pixels and patches).
 
     Rows run over (t, block-row, block-col, mh, mw), so each 2x2 merge block is four consecutive
     rows; inside a row, values run over (channel, frame in pair, pixel row, pixel column).
@@ -146,7 +146,7 @@ def preprocess_frames(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_pixels: int = VIDEO_MIN_PIXELS,
 ) -> VideoPixels:
-    """uint8 (T, 3, H, W) sampled frames -> `VideoPixels` (REFERENCE 1.4-2.2)."""
+    """uint8 (T, 3, H, W) sampled frames -> `VideoPixels` (docs/numerics.md, Resize and Pixels and patches)."""
     _check_uint8_frames(frames)
     h, w = smart_resize(frames.shape[-2], frames.shape[-1], IMAGE_FACTOR, min_pixels, max_pixels)
     resized = resize_frames(frames, h, w)  # uint8 (T, 3, h, w)

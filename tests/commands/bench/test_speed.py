@@ -152,9 +152,13 @@ def test_every_planned_argv_parses_into_its_config(device):
     import typer.main
 
     from videoalign.cli import app
-    from videoalign.commands.bench.speed_score import SpeedRelabelConfig, SpeedScoreConfig, SpeedTrainRewardConfig
     from videoalign.commands.bench.speed_dpo import SpeedDpoConfig
     from videoalign.commands.bench.speed_guide import SpeedGuideConfig
+    from videoalign.commands.bench.speed_score import (
+        SpeedRelabelConfig,
+        SpeedScoreConfig,
+        SpeedTrainRewardConfig,
+    )
     from videoalign.config import build_config, load_recipe
 
     classes = {"score": SpeedScoreConfig, "relabel": SpeedRelabelConfig, "train-reward": SpeedTrainRewardConfig,

@@ -16,7 +16,6 @@ N GPUs:    accelerate launch --num_processes N -m videoalign bench reward --pair
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -119,7 +119,7 @@ def plan(cfg: SpeedSuiteConfig) -> dict[str, list[str]]:
     if cfg.device == "cpu":
         more = not cfg.quick  # the full CPU run repeats more for steadier medians
         argv = {
-            "score": ["--recipe", str(debug / "bench.yaml"), "--csv", data],
+            "score": ["--recipe", str(debug / "bench_speed_score.yaml"), "--csv", data],
             "relabel": ["--input", data, "--model", "tiny-random", "--dtype", "float32", "--device", "cpu"],
             "train-reward": ["--train-csv", data, "--base-model", "tiny-random", "--device", "cpu",
                              "--steps", "12" if more else "6"],
@@ -263,10 +263,10 @@ def print_table(suite: dict) -> None:
 
 
 def run(cfg: SpeedSuiteConfig) -> int:
+    import os
+
     from videoalign.data import write_atomic
     from videoalign.log import console
-
-    import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("bench speed runs each benchmark in a process of its own; start it once, without "

@@ -1,7 +1,7 @@
 """`videoalign bench speed dpo`: one Flow-DPO training step, ours against the paper pseudo-code's, in one process.
 
 ours:  the real code path, `gen.objectives.dpo_step`: one LoRA transformer; the reference is the same transformer with
-       its adapter disabled under no_grad (REFERENCE.md 10.5); chosen and rejected go through one concatenated
+       its adapter disabled under no_grad (docs/numerics.md, Flow-DPO); chosen and rejected go through one concatenated
        forward (2 forwards per step: reference, policy); backward; AdamW step.
 ours_split: `gen.objectives.dpo_split_step` (`backward: split`): the same gradient with one video's graph alive at a
        time (4 forwards of one video, 2 backwards): the activation memory of one video instead of two.
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from videoalign.gen.families import TINY_RANDOM, WAN_1_3B_RANDOM
+
 #: (num_frames, height, width, lora_rank) when not set. tiny: the debug dpo recipe's clip size; rank 2 keeps the
 #: adapter at ~5% of the tiny transformer, near rank 64's ~3% of the 1.3B one.
 MODEL_DEFAULTS = {TINY_RANDOM: (9, 32, 32, 2), WAN_1_3B_RANDOM: (33, 480, 832, 64)}
@@ -57,8 +58,9 @@ class SpeedDpoConfig:
     model: Literal["tiny-random", "wan2.1-1.3b-random"] = TINY_RANDOM
     #: frames per clip, 4k+1 (null: 9 on tiny-random, 33 on wan2.1-1.3b-random)
     num_frames: int | None = None
-    #: clip size, multiples of 16 (null: 32x32 on tiny-random, 480x832 on wan2.1-1.3b-random)
+    #: clip height, a multiple of 16 (null: 32 on tiny-random, 480 on wan2.1-1.3b-random)
     height: int | None = None
+    #: clip width, a multiple of 16 (null: 32 on tiny-random, 832 on wan2.1-1.3b-random)
     width: int | None = None
     #: pairs per step
     batch_size: int = 1
@@ -74,6 +76,7 @@ class SpeedDpoConfig:
     lora_rank: int | None = None
     #: DPO beta (the loss value only; it does not change the work)
     beta: float = 5000.0
+    #: AdamW learning rate of both variants
     learning_rate: float = 5e-6
     #: seeds the weights, the LoRA init and the inputs
     seed: int = 0
@@ -100,11 +103,11 @@ class SpeedDpoConfig:
 class DpoInputs:
     """One micro-batch of random pairs, as the latent cache and the training loop would hand them over."""
 
-    chosen: torch.Tensor  # (B, C, F', H', W') float32 normalised latents
-    rejected: torch.Tensor  # (B, C, F', H', W')
-    text: torch.Tensor  # (B, L, D) float32 text-encoder states
-    t: torch.Tensor  # (B,) in [0, 1], shared by both videos of a pair
-    noise: torch.Tensor  # (B, C, F', H', W'), shared by both videos of a pair
+    chosen: Any  # (B, C, F', H', W') float32 normalised latents
+    rejected: Any  # (B, C, F', H', W')
+    text: Any  # (B, L, D) float32 text-encoder states
+    t: Any  # (B,) in [0, 1], shared by both videos of a pair
+    noise: Any  # (B, C, F', H', W'), shared by both videos of a pair
 
 
 class InputCache:

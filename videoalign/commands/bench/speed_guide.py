@@ -1,7 +1,7 @@
 """`videoalign bench speed guide`: seconds per Flow-NRG sampling step, guided against unguided, in one process.
 
 Both variants run the real sampler, `Generator.sample` with CFG, from the same seeds and text; guided adds
-`make_guidance_hook` with a latent reward model of k blocks built from the same transformer (REFERENCE.md 10.7).
+`make_guidance_hook` with a latent reward model of k blocks built from the same transformer (docs/numerics.md, Flow-NRG).
 A thin timing wrapper around the velocity hook stamps the clock (after a device sync) each time the sampler reaches
 the hook; the time between two stamps is one whole step: the velocity (2 transformer forwards under CFG), the
 guidance (a forward and backward through the k reward blocks, in the guided variant) and the Euler update. The
@@ -55,8 +55,9 @@ class SpeedGuideConfig:
     model: Literal["tiny-random", "wan2.1-1.3b-random"] = TINY_RANDOM
     #: frames per clip, 4k+1 (null: 9 on tiny-random, 81 on wan2.1-1.3b-random)
     num_frames: int | None = None
-    #: clip size, multiples of 16 (null: 32x32 on tiny-random, 480x832 on wan2.1-1.3b-random)
+    #: clip height, a multiple of 16 (null: 32 on tiny-random, 480 on wan2.1-1.3b-random)
     height: int | None = None
+    #: clip width, a multiple of 16 (null: 32 on tiny-random, 832 on wan2.1-1.3b-random)
     width: int | None = None
     #: latent reward model blocks (null: 4, the real recipe's k)
     k: int | None = None

@@ -1,4 +1,4 @@
-"""`videoalign bench winrate`: VideoReward win rates of an aligned model against its base (REFERENCE.md 10.9).
+"""`videoalign bench winrate`: VideoReward win rates of an aligned model against its base (docs/numerics.md, Win rates).
 
 Both models sample every prompt with the same seeds and sampler settings: video j of prompt i (its position in
 the prompt file after `limit`) comes from seed + i * K + j (K = videos_per_prompt; seed + i for K = 1, as in
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +58,21 @@ class WinrateConfig:
     aligned_videos: str | None = None
     #: videos per prompt K; video j of prompt i is sampled from seed + i * K + j by both models
     videos_per_prompt: int = 1
+    #: video j of prompt i is sampled from seed + i * K + j
     seed: int = 0
     #: Euler sampling steps
     steps: int = 50
     #: classifier-free guidance scale (1 = no negative branch)
     guidance_scale: float = 5.0
+    #: negative prompt of classifier-free guidance
     negative_prompt: str = ""
     #: flow shift of the sampling times (null: the family's, 3.0 for Wan)
     shift: float | None = None
-    #: clip size: frames 4k+1, height and width multiples of 16
+    #: frames per video, 4k+1
     num_frames: int = 81
+    #: video height, a multiple of 16
     height: int = 480
+    #: video width, a multiple of 16
     width: int = 832
     #: frames per second written into the mp4s (scoring samples 2 fps of them)
     fps: float = 16.0
@@ -330,13 +333,12 @@ def run(cfg: WinrateConfig) -> int:
     import gc
 
     import torch
-    import yaml
 
     from videoalign.data import ScoreItem, read_prompt_file, video_key, write_jsonl_atomic
-    from videoalign.reward.scoring import score_into
     from videoalign.distributed import broadcast_from_main, make_accelerator, shard
     from videoalign.gen.lora import check_lora_file, check_transformer_folder
     from videoalign.log import console
+    from videoalign.reward.scoring import score_into
 
     # 1. everything that can fail at once, before any sampling
     prompts = read_prompt_file(cfg.prompts)[:cfg.limit]

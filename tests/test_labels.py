@@ -1,17 +1,52 @@
-"""videoalign.align_data: the training records of dpo and rwr (REFERENCE.md 10.3). A bad line is reported as
-"<file> line N: ..." and skipped; the rest is read. Videos are small real mp4s (9 frames, 32 x 32)."""
+"""videoalign.labels: the one label vocabulary and the one pair reader (read_pairs, read_preferences), and
+data.read_rewarded_videos. A bad line is reported as "<file> line N: ..." and skipped; the rest is read. Videos
+are small real mp4s (9 frames, 32 x 32)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from videoalign.align_data import read_preference_pairs, read_rewarded_videos
-from videoalign.data import DataError
+from videoalign.data import DataError, read_rewarded_videos
+from videoalign.labels import CELLS, INVALID, SIDES, VOTES, label_of, read_pairs, read_preferences
 from videoalign.video import write_video
+
+
+def test_the_one_vocabulary():
+    """Pair-CSV cells: "A" 1, "B" -1, "same" 0, "invalid", "" and None INVALID (22, masked); surrounding spaces are
+    stripped (" A" is A); anything else (NaN, other case, numbers) is not a label (None: its row is reported).
+    GenAI-Bench votes: leftvote 1, rightvote -1, tievote 0, bothbad_vote 0. Relabel's: chosen 1, rejected -1, tie 0."""
+    cells = ["A", "B", "same", "invalid", "", None, " A", math.nan, "a", "Same", 1]
+    assert [label_of(v) for v in cells] == [1, -1, 0, 22, 22, 22, 1, None, None, None, None]
+    assert INVALID == 22 and CELLS["A"] == 1
+    assert [label_of(v, VOTES) for v in ("leftvote", "rightvote", "tievote", "bothbad_vote")] == [1, -1, 0, 0]
+    assert [label_of(v, VOTES) for v in ("left", math.nan)] == [None, None]
+    assert [label_of(v, SIDES) for v in ("chosen", "rejected", "tie", "better")] == [1, -1, 0, None]
+
+
+def test_vote_file(tmp_path, videos):
+    """GenAI-Bench votes (JSONL): the vote is the Overall label, left = A; an unknown vote is a problem."""
+    path = _write_lines(tmp_path / "votes.jsonl", [
+        {"left_video": "a.mp4", "right_video": "b.mp4", "prompt": "a fox", "vote_type": "rightvote"},
+        {"left_video": "c.mp4", "right_video": "d.mp4", "text": "a bird", "vote_type": "bothbad_vote"},
+        {"left_video": "c.mp4", "right_video": "d.mp4", "prompt": "a cat", "vote_type": "maybe"},
+    ])
+    found = read_pairs(path, videos["a"].parent)
+    assert found.kind == "votes" and [(p.labels, p.prompt) for p in found.pairs] == [
+        ({"Overall": -1}, "a fox"), ({"Overall": 0}, "a bird")]
+    assert len(found.problems) == 1 and "line 3: vote_type label 'maybe' is unknown" in found.problems[0]
+
+
+def test_repeated_rows_are_kept_and_counted(tmp_path, videos):
+    """Every row is a pair: a row repeated twice more gives three pairs, and `repeated` says 2."""
+    path = tmp_path / "pairs.csv"
+    path.write_text("path_A,path_B,prompt,VQ\n" + "a.mp4,b.mp4,a fox,A\n" * 3 + "c.mp4,d.mp4,a bird,B\n")
+    found = read_pairs(path, videos["a"].parent)
+    assert [p.line for p in found.pairs] == [2, 3, 4, 5] and found.repeated == 2 and found.dims == ["VQ"]
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +97,14 @@ def test_read_preference_pairs_from_relabel_jsonl(tmp_path, videos):
     Relative paths resolve against the file's folder when no videos_root is given (here: none exist there), and
     against videos_root when one is given."""
     path = _relabel_file(tmp_path, videos)
-    pairs, problems = read_preference_pairs(path, videos_root=videos["a"].parent)
+    found = read_preferences(path, videos_root=videos["a"].parent)
+    pairs, problems = found.pairs, found.problems
     assert [p.line for p in pairs] == [1, 7]
     first, last = pairs
-    assert (first.prompt, first.chosen, first.rejected) == ("a fox", videos["a"], videos["b"])
-    assert first.reward_chosen == pytest.approx(2.0) and first.reward_rejected == pytest.approx(-1 / 6)
-    assert (last.chosen, last.rejected) == (videos["c"], videos["d"])
-    assert last.reward_chosen == pytest.approx(-1.0) and last.reward_rejected == pytest.approx(2.0)
+    assert (first.prompt, first.path_a, first.path_b) == ("a fox", videos["a"], videos["b"])
+    assert first.rewards() == pytest.approx((2.0, -1 / 6))
+    assert (last.path_a, last.path_b) == (videos["c"], videos["d"])
+    assert last.rewards() == pytest.approx((-1.0, 2.0))
 
     assert len(problems) == 4
     by_line = {int(p.split(" line ")[1].split(":")[0]): p for p in problems}
@@ -80,7 +116,8 @@ def test_read_preference_pairs_from_relabel_jsonl(tmp_path, videos):
     assert "relabel could not score" in by_line[5] and "cannot decode" in by_line[5]
 
     # without videos_root the relative paths of line 7 resolve against pairs.jsonl's folder, where they do not exist
-    pairs_here, problems_here = read_preference_pairs(path)
+    here = read_preferences(path)
+    pairs_here, problems_here = here.pairs, here.problems
     assert [p.line for p in pairs_here] == [1]
     assert any(p.startswith(f"{path} line 7: missing video {tmp_path / 'c.mp4'}") for p in problems_here)
 
@@ -88,15 +125,15 @@ def test_read_preference_pairs_from_relabel_jsonl(tmp_path, videos):
 def test_read_preference_pairs_weights_override(tmp_path, videos):
     """weights={TA: 1} replaces each line's own weights: line 1 -> chosen 3, rejected 0.5; line 7 -> -1, 2."""
     path = _relabel_file(tmp_path, videos)
-    pairs, _ = read_preference_pairs(path, videos_root=videos["a"].parent, weights={"TA": 1.0})
-    assert [(p.reward_chosen, p.reward_rejected) for p in pairs] == [(3.0, 0.5), (-1.0, 2.0)]
+    pairs = read_preferences(path, videos_root=videos["a"].parent).pairs
+    assert [p.rewards({"TA": 1.0}) for p in pairs] == [(3.0, 0.5), (-1.0, 2.0)]
 
 
 def test_read_preference_pairs_from_reference_csv(tmp_path, videos):
     """CSV lines count from 2 (line 1 is the header). With an Overall column the Overall label decides, even
     against the dimension labels (line 2: Overall B over A, A, A -> chosen b). An empty Overall falls back to the
     majority of VQ, MQ, TA (line 3: A, B, A -> +1 -> chosen a). A tie (line 4: Overall same) and an unknown label
-    (line 5: "C") are problems. Label-only pairs have no rewards."""
+    (line 5: "C") are problems, in line order. Label-only pairs have no rewards."""
     csv_path = tmp_path / "pairs.csv"
     csv_path.write_text(
         "path_A,path_B,prompt,VQ,MQ,TA,Overall\n"
@@ -104,13 +141,14 @@ def test_read_preference_pairs_from_reference_csv(tmp_path, videos):
         "c.mp4,d.mp4,a bird,A,B,A,\n"
         "a.mp4,c.mp4,a tie,A,B,same,same\n"
         "b.mp4,d.mp4,bad label,A,A,A,C\n")
-    pairs, problems = read_preference_pairs(csv_path, videos_root=videos["a"].parent)
-    assert [(p.line, p.chosen.name, p.rejected.name, p.prompt) for p in pairs] == [
+    found = read_preferences(csv_path, videos_root=videos["a"].parent)
+    pairs, problems = found.pairs, found.problems
+    assert [(p.line, p.path_a.name, p.path_b.name, p.prompt) for p in pairs] == [
         (2, "b.mp4", "a.mp4", "a fox"), (3, "c.mp4", "d.mp4", "a bird")]
-    assert all(p.reward_chosen is None and p.reward_rejected is None for p in pairs)
+    assert all(p.rewards() is None for p in pairs)
     assert len(problems) == 2
     assert problems[0].startswith(f"{csv_path} line 4: a tie")
-    assert problems[1] == f"{csv_path} line 5: label 'C' is unknown; use A, B or same"
+    assert problems[1] == f"{csv_path} line 5: Overall label 'C' is unknown; use A, B, same, invalid"
 
 
 def test_read_preference_pairs_csv_majority_without_overall(tmp_path, videos):
@@ -120,9 +158,10 @@ def test_read_preference_pairs_csv_majority_without_overall(tmp_path, videos):
                         "a.mp4,b.mp4,p1,B,B,A\n"
                         "a.mp4,b.mp4,p2,A,B,same\n"
                         "a.mp4,b.mp4,p3,,,\n")
-    pairs, problems = read_preference_pairs(csv_path, videos_root=videos["a"].parent)
-    assert [(p.chosen.name, p.rejected.name) for p in pairs] == [("b.mp4", "a.mp4")]
-    assert "line 3: a tie" in problems[0] and "line 4: no label" in problems[1]
+    found = read_preferences(csv_path, videos_root=videos["a"].parent)
+    pairs, problems = found.pairs, found.problems
+    assert [(p.path_a.name, p.path_b.name) for p in pairs] == [("b.mp4", "a.mp4")]
+    assert "line 3: a tie" in problems[0] and "line 4: no usable label" in problems[1]
 
 
 def test_read_rewarded_videos_from_pairs(tmp_path, videos):
@@ -189,17 +228,16 @@ def test_read_rewarded_videos_from_label_csv(tmp_path, videos):
 
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        read_preference_pairs(tmp_path / "nope.jsonl")
+        read_preferences(tmp_path / "nope.jsonl")
 
 
-# -- read_labelled_latent_pairs (train-latent-rm) ------------------------------------------------------------------
+# -- per-dimension labels (train-latent-rm, train-reward) ---------------------------------------------------------
 
-def test_read_labelled_latent_pairs_from_relabel_jsonl(tmp_path, videos):
-    """A = chosen, B = rejected. Line 1: labels chosen/rejected/tie -> 1, -1, 0. Line 2: no TA label and an
-    unknown MQ one -> 22 (masked). Line 3: no labels, scores chosen - rejected = (+2, 0, -1) -> 1, 0, -1.
-    Line 4 has nothing usable, line 5 is broken JSON, line 6 names a missing video: reported by line, skipped."""
-    from videoalign.align_data import read_labelled_latent_pairs
-
+def test_read_pairs_per_dimension_from_relabel_jsonl(tmp_path, videos):
+    """A = chosen, B = rejected. Line 1: labels chosen/rejected/tie -> 1, -1, 0. Line 2: an unknown MQ label
+    ("better") is a problem like any value outside the vocabulary (a missing TA label alone would be 22, masked).
+    Line 3: no labels, scores chosen - rejected = (+2, 0, -1) -> 1, 0, -1. Line 4's only label "?" is unknown, line 5
+    is broken JSON, line 6 names a missing video: reported by line, skipped."""
     v = videos
     base = {"prompt": "a fox", "chosen": "a.mp4", "rejected": "b.mp4"}
     path = _write_lines(tmp_path / "labelled.jsonl", [
@@ -210,28 +248,34 @@ def test_read_labelled_latent_pairs_from_relabel_jsonl(tmp_path, videos):
         '{"prompt": ',
         {**base, "rejected": "gone.mp4", "labels": {"VQ": "chosen"}},
     ])
-    pairs, problems = read_labelled_latent_pairs(path, v["a"].parent)
-    assert [p.line for p in pairs] == [1, 2, 3]
-    assert [p.labels for p in pairs] == [[1, -1, 0], [-1, 22, 22], [1, 0, -1]]
-    assert pairs[0].path_a == v["a"] and pairs[0].path_b == v["b"] and pairs[2].path_a == v["c"]
-    assert [p.split(": ")[0] for p in problems] == [f"{path} line {n}" for n in (4, 5, 6)]
-    assert "no usable label" in problems[0] and "not valid JSON" in problems[1] and "gone.mp4" in problems[2]
+    found = read_pairs(path, v["a"].parent, ["VQ", "MQ", "TA"])
+    pairs, problems = found.pairs, found.problems
+    assert [p.line for p in pairs] == [1, 3]
+    assert [p.dim_labels(["VQ", "MQ", "TA"]) for p in pairs] == [[1, -1, 0], [1, 0, -1]]
+    assert pairs[0].path_a == v["a"] and pairs[0].path_b == v["b"] and pairs[1].path_a == v["c"]
+    assert [p.split(": ")[0] for p in problems] == [f"{path} line {n}" for n in (2, 4, 5, 6)]
+    assert "MQ label 'better' is unknown" in problems[0] and "VQ label '?' is unknown" in problems[1]
+    assert "not valid JSON" in problems[2] and "gone.mp4" in problems[3]
+    partial = _write_lines(tmp_path / "partial.jsonl", [{"prompt": "a fox", "chosen": "a.mp4", "rejected": "b.mp4",
+                                                         "labels": {"VQ": "rejected"}}])
+    assert read_pairs(partial, v["a"].parent, ["VQ", "MQ", "TA"]).pairs[0].dim_labels(["VQ", "MQ", "TA"]) == \
+        [-1, 22, 22]
 
 
-def test_read_labelled_latent_pairs_from_pair_csv_keeps_dims_order(tmp_path, videos):
-    """CSV labels A/B/same -> 1/-1/0 per column, anything else 22; `dims` picks and orders the columns."""
-    from videoalign.align_data import read_labelled_latent_pairs
-
+def test_read_pairs_from_pair_csv_keeps_dims_order(tmp_path, videos):
+    """CSV labels A/B/same -> 1/-1/0 per column, invalid and empty 22; `dims` picks and orders the columns."""
     path = tmp_path / "pairs.csv"
     path.write_text("path_A,path_B,prompt,VQ,MQ,TA\n"
                     "a.mp4,b.mp4,a fox,A,same,B\n"
                     "c.mp4,d.mp4,a bird,invalid,B,\n"
                     "c.mp4,d.mp4,a cat,invalid,,\n"
                     ",d.mp4,no path,A,A,A\n")
-    pairs, problems = read_labelled_latent_pairs(path, videos["a"].parent, dims=["TA", "VQ"])
+    found = read_pairs(path, videos["a"].parent, dims=["TA", "VQ"])
+    pairs, problems = found.pairs, found.problems
     # line 3 keeps MQ = B, but MQ is not asked for: TA empty and VQ invalid leave nothing usable, as on line 4
-    assert [(p.line, p.prompt, p.labels) for p in pairs] == [(2, "a fox", [-1, 1])]
+    assert [(p.line, p.prompt, p.dim_labels(["TA", "VQ"])) for p in pairs] == [(2, "a fox", [-1, 1])]
     assert [p.split(": ")[0] for p in problems] == [f"{path} line {n}" for n in (3, 4, 5)]
     assert "no usable label" in problems[0] and "path_A" in problems[2]
-    pairs, _ = read_labelled_latent_pairs(path, videos["a"].parent)
-    assert [p.labels for p in pairs] == [[1, 0, -1], [22, -1, 22]]
+    every = read_pairs(path, videos["a"].parent)
+    assert every.dims == ["VQ", "MQ", "TA"]
+    assert [p.dim_labels(every.dims) for p in every.pairs] == [[1, 0, -1], [22, -1, 22]]
