@@ -66,7 +66,7 @@ def test_manifest_all_pairs_and_best_worst(clips, tmp_path):
     assert sorted(p["group"] for p in pairs) == ["g1", "g1", "g1", "g2"]
     for p in pairs:
         assert p["margin"] >= 0
-        assert set(p["labels"]) == {"VQ", "MQ", "TA", "Overall"}
+        assert set(p["labels"]) == {"VQ", "MQ", "TA", "reward"}
         assert Path(p["chosen"]).is_absolute() and Path(p["chosen"]).exists()
         r = {side: sum(p["scores"][side].values()) / 3 for side in ("chosen", "rejected")}
         assert p["margin"] == pytest.approx(r["chosen"] - r["rejected"])
@@ -107,12 +107,15 @@ def test_ties_weights_and_min_margin(clips, tmp_path):
     assert "dropped under --min-margin" in result.output and ": 2;" in result.output
 
 
-def test_pair_csv_is_relabelled_once_per_distinct_pair(shared_data, tmp_path):
+def test_pair_csv_gives_one_pair_per_row(shared_data, tmp_path):
+    """example.csv lists its 3 pairs four times: every row is a pair, as in every reader (labels.py), so 12 pairs,
+    rows 2..13, and a repeated row gives the same pair as its first occurrence."""
     out = tmp_path / "pairs.jsonl"
     result = _run(shared_data / "videoalign_examples" / "example.csv", "--output", out)
     assert result.exit_code == 0, result.output
     pairs = _read(out)
-    assert len(pairs) == 3  # example.csv lists its 3 pairs four times
+    assert [p["row"] for p in pairs] == list(range(2, 14))
+    assert all(pairs[i] | {"row": 0} == pairs[i % 3] | {"row": 0} for i in range(12))
     for p in pairs:
         assert {Path(p["chosen"]).name[:9], Path(p["rejected"]).name[:9]} == {Path(p["chosen"]).name[:9]}
 

@@ -190,7 +190,7 @@ def check_compatible(rm, gen, cfg: GuideConfig) -> None:
 
 def guide_output(out: Path):
     """guide.jsonl as a ResumableOutput: lines keyed by prompt index, settings in guide.config.yaml."""
-    from videoalign.data import ResumableOutput
+    from videoalign.resumable import ResumableOutput
 
     return ResumableOutput(out / OUTPUT, lambda r: int(r["index"]), out / CONFIG)
 

@@ -84,20 +84,41 @@ def _write_eval(out: Path, cfg: TrainLatentRmConfig, step: int, result: dict, pa
     accuracy_by_noise(result, out / "eval.png", f"latent reward accuracy by noise level, step {step} ({pairs} pairs)")
 
 
-def run(cfg: TrainLatentRmConfig) -> int:
-    """Cache, build, train, evaluate, checkpoint, save final/. Exit code 0."""
+def _build(cfg: TrainLatentRmConfig, gen, accelerator):
+    """(reward model, its prepared module, optimiser, schedule): deep copies of the generator's first k blocks with
+    float32 masters, AdamW at a constant rate."""
     import torch
     from transformers import get_constant_schedule
 
+    from videoalign.gen.latent_reward import build_latent_reward
+    from videoalign.trainer import trainable_params
+
+    rm = build_latent_reward(gen.transformer, cfg.reward, head_seed=cfg.seed)
+    gen.transformer.to("cpu")
+    gen.text_encoder.to("cpu")
+    for p in rm.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # float32 masters
+    rm.gradient_checkpointing = cfg.gradient_checkpointing
+    rm.train()
+    optimizer = torch.optim.AdamW(list(trainable_params(rm).values()), lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = get_constant_schedule(optimizer)
+    model, optimizer = accelerator.prepare(rm, optimizer)
+    return rm, model, optimizer, scheduler
+
+
+def run(cfg: TrainLatentRmConfig) -> int:
+    """Cache, build, train, evaluate, checkpoint, save final/. Exit code 0."""
     from videoalign.config import write_resolved
     from videoalign.distributed import is_sharded, make_accelerator
     from videoalign.gen.generator import load_generator
-    from videoalign.gen.latent_reward import build_latent_reward, save_latent_reward
+    from videoalign.gen.latent_reward import save_latent_reward
     from videoalign.gen.objectives import latent_rm_accuracy, latent_rm_step, train_accuracy
     from videoalign.gen.training import draw_noise, drop_unencoded, item_key, prepare_cache, report_items
     from videoalign.labels import read_pairs
     from videoalign.log import console
-    from videoalign.trainer import Objective, Trainer, check_output_dir, trainable_params
+    from videoalign.trainer import Objective, Trainer, check_output_dir
 
     accelerator = make_accelerator(cfg.device, gradient_accumulation_steps=cfg.grad_accum)
     if is_sharded(accelerator):  # its checkpoints and evaluation read whole parameters on rank 0
@@ -125,20 +146,9 @@ def run(cfg: TrainLatentRmConfig) -> int:
     if val_items is not None and not val_items:
         raise ValueError(f"{cfg.val_data}: no usable pairs ({len(val_problems)} skipped)")
 
-    # 2. The reward model from the generator's transformer (deep copies); the generator's own transformer and
-    # text encoder then leave the accelerator (the cache holds what they would compute).
-    rm = build_latent_reward(gen.transformer, cfg.reward, head_seed=cfg.seed)
-    gen.transformer.to("cpu")
-    gen.text_encoder.to("cpu")
-    for p in rm.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # float32 masters
-    rm.gradient_checkpointing = cfg.gradient_checkpointing
-    rm.train()
-    optimizer = torch.optim.AdamW(list(trainable_params(rm).values()), lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_constant_schedule(optimizer)
-    model, optimizer = accelerator.prepare(rm, optimizer)
+    # 2. The reward model from the generator's transformer; the generator's own transformer and text encoder then
+    # leave the accelerator (the cache holds what they would compute).
+    rm, model, optimizer, scheduler = _build(cfg, gen, accelerator)
 
     # 3. The objective, the evaluation by noise level and the export, for the trainer.
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width)

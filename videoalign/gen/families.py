@@ -133,3 +133,17 @@ def _hub_file(repo: str, filename: str) -> str:
                          "download the model and pass its folder, or use tiny-random") from None
 
 
+def model_kind(path: str) -> str:
+    """"lora", "transformer" or "pipeline": a LoRA (a .safetensors file, or a folder with pytorch_lora_weights.safetensors), a full fine-tune's
+    transformer (final/ with transformer/config.json, or that folder) or a pipeline (model_index.json, a hub id
+    or tiny-random), from the files at `path`."""
+    p = Path(path)
+    if path == TINY_RANDOM or not p.exists() or (p / "model_index.json").is_file():
+        return "pipeline"
+    if (p.is_file() and p.suffix == ".safetensors") or (p / LORA_FILE).is_file():
+        return "lora"
+    if (p / "transformer" / "config.json").is_file() or (p / "config.json").is_file():
+        return "transformer"
+    raise ValueError(f"aligned: {path}: not a model; expected a diffusers pipeline folder (model_index.json), a LoRA "
+                     f"({LORA_FILE}, what dpo/rwr write to final/, or that file) or a full fine-tune's final/ "
+                     "(transformer/config.json)")

@@ -25,7 +25,8 @@ def load_model(cfg: ScoringConfig, device: str | None = None):
 def score_output(output: str | Path):
     """The ResumableOutput of a score file: records keyed by their video's absolute path, settings beside it in
     `<output>.config.yaml`."""
-    from videoalign.data import ResumableOutput, video_key
+    from videoalign.data import video_key
+    from videoalign.resumable import ResumableOutput
 
     output = Path(output)
     return ResumableOutput(output, lambda r: video_key(r["path"]) if r.get("path") else None,

@@ -139,33 +139,15 @@ def timed_sample(gen, text, negative, seeds, shape, cfg: SpeedGuideConfig, hook,
     return [b - a for a, b in itertools.pairwise(stamps[1:])]
 
 
-def run(cfg: SpeedGuideConfig) -> int:
-    import dataclasses
-
+def time_variants(gen, rm, text, negative, seeds, shape, cfg: SpeedGuideConfig, device):
+    """({variant: step seconds}, {variant: call counts}, {variant: peak MiB (CUDA)}): runs alternate unguided /
+    guided; the first run of each is untimed and counts the calls."""
     import torch
 
-    from videoalign.benchmark import CallCounter, report, resolve_device_dtype
+    from videoalign.benchmark import CallCounter
     from videoalign.gen.guidance import make_guidance_hook
-    from videoalign.gen.tiny import at_depth, transformer_only
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    # 1. the transformer (gen/tiny.py's builder), the k-block reward model from it, seeded random inputs
-    template = transformer_only(cfg.model, dtype, cfg.seed)
-    if cfg.model == TINY_RANDOM:
-        template = at_depth(template, cfg.num_layers, cfg.seed)
-    gen = dataclasses.replace(template, transformer=template.transformer.to(device))
-    rm = build_reward(gen.transformer, cfg.k, cfg.seed)
-    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
-                                    channels=int(gen.transformer.config.in_channels))
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    text_shape = (cfg.batch_size, gen.text_max_length, int(gen.transformer.config.text_dim))
-    text = torch.randn(text_shape, generator=g).to(device)
-    negative = torch.randn(text_shape, generator=g).to(device) if cfg.guidance_scale != 1.0 else None
-    seeds = [cfg.seed + i for i in range(cfg.batch_size)]
     weights = [1.0] * len(rm.dims)
-    # 2. alternate unguided / guided runs, counting transformer forwards and block backwards per variant
     times = {"unguided": [], "guided": []}
     counts = {}
     peak = {}
@@ -189,6 +171,35 @@ def run(cfg: SpeedGuideConfig) -> int:
                             "transformer_block_backwards": transformer_calls.backwards,
                             "reward_forwards": reward_calls.forwards,
                             "reward_block_backwards": reward_calls.backwards}
+    return times, counts, peak
+
+
+def run(cfg: SpeedGuideConfig) -> int:
+    import dataclasses
+
+    import torch
+
+    from videoalign.benchmark import report, resolve_device_dtype
+    from videoalign.gen.tiny import at_depth, transformer_only
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    # 1. the transformer (gen/tiny.py's builder), the k-block reward model from it, seeded random inputs
+    template = transformer_only(cfg.model, dtype, cfg.seed)
+    if cfg.model == TINY_RANDOM:
+        template = at_depth(template, cfg.num_layers, cfg.seed)
+    gen = dataclasses.replace(template, transformer=template.transformer.to(device))
+    rm = build_reward(gen.transformer, cfg.k, cfg.seed)
+    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
+                                    channels=int(gen.transformer.config.in_channels))
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    text_shape = (cfg.batch_size, gen.text_max_length, int(gen.transformer.config.text_dim))
+    text = torch.randn(text_shape, generator=g).to(device)
+    negative = torch.randn(text_shape, generator=g).to(device) if cfg.guidance_scale != 1.0 else None
+    seeds = [cfg.seed + i for i in range(cfg.batch_size)]
+    # 2. alternate unguided / guided runs, counting transformer forwards and block backwards per variant
+    times, counts, peak = time_variants(gen, rm, text, negative, seeds, shape, cfg, device)
     grads = [n for n, p in gen.transformer.named_parameters() if p.grad is not None]
     grads += [n for n, p in rm.named_parameters() if p.grad is not None]
     if grads:  # the guidance takes input gradients only

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from videoalign.config import config_to_dict
-from videoalign.gen.families import DEFAULT_MODEL, LORA_FILE, TINY_RANDOM
+from videoalign.gen.families import DEFAULT_MODEL, TINY_RANDOM, model_kind
 from videoalign.reward.settings import SCORE_SETTINGS, ScoringConfig
 
 SIDES = ("base", "aligned")
@@ -113,7 +113,7 @@ class WinrateConfig:
                 raise ValueError(f"{side}_videos: {folder}: no such folder; pass the folder of existing {side} videos")
         if not self.aligned and not self.aligned_videos:
             raise ValueError("aligned: required; pass --aligned MODEL_OR_LORA (or --aligned-videos DIR)")
-        kind = aligned_kind(self.aligned) if not self.aligned_videos else None
+        kind = model_kind(self.aligned) if not self.aligned_videos else None
         models = ["base"] if not self.base_videos or kind in ("lora", "transformer") else []
         for name in models + (["aligned"] if kind == "pipeline" else []):  # the models that will sample
             _family(getattr(self, name), name).check_clip(self.num_frames, self.height, self.width)
@@ -134,22 +134,6 @@ def _family(model: str, name: str):
         raise ValueError(f"{name}: {exc}") from None
 
 
-def aligned_kind(path: str) -> Literal["pipeline", "lora", "transformer"]:
-    """A LoRA (a .safetensors file, or a folder with pytorch_lora_weights.safetensors), a full fine-tune's
-    transformer (final/ with transformer/config.json, or that folder) or a pipeline (model_index.json, a hub id
-    or tiny-random), from the files at `path`."""
-    p = Path(path)
-    if path == TINY_RANDOM or not p.exists() or (p / "model_index.json").is_file():
-        return "pipeline"
-    if (p.is_file() and p.suffix == ".safetensors") or (p / LORA_FILE).is_file():
-        return "lora"
-    if (p / "transformer" / "config.json").is_file() or (p / "config.json").is_file():
-        return "transformer"
-    raise ValueError(f"aligned: {path}: not a model; expected a diffusers pipeline folder (model_index.json), a LoRA "
-                     f"({LORA_FILE}, what dpo/rwr write to final/, or that file) or a full fine-tune's final/ "
-                     "(transformer/config.json)")
-
-
 # -- the video pairs and resuming -----------------------------------------------------------------------------
 
 def video_name(index: int, video: int, per_prompt: int) -> str:
@@ -167,7 +151,7 @@ def build_entries(cfg: WinrateConfig, prompts: list[str]) -> list[dict]:
 
 def video_list(out: Path):
     """videos.jsonl (one entry per (prompt i, video j)) as a ResumableOutput, its settings in winrate.config.yaml."""
-    from videoalign.data import ResumableOutput
+    from videoalign.resumable import ResumableOutput
 
     return ResumableOutput(out / "videos.jsonl", lambda e: (e["index"], e["video"]), out / "winrate.config.yaml")
 
@@ -209,12 +193,12 @@ def load_side(side: str, cfg: WinrateConfig, device, gen=None):
     from videoalign.gen.generator import load_generator
     from videoalign.gen.lora import load_lora, load_transformer
 
-    if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
+    if side == "aligned" and model_kind(cfg.aligned) == "pipeline":
         return load_generator(cfg.aligned, cfg.dtype, device)
     gen = gen or load_generator(cfg.base, cfg.dtype, device)
     if side == "base":
         return gen
-    if aligned_kind(cfg.aligned) == "transformer":
+    if model_kind(cfg.aligned) == "transformer":
         try:
             return load_transformer(gen, cfg.aligned)
         except ValueError as exc:
@@ -363,7 +347,7 @@ def run(cfg: WinrateConfig) -> int:
     todo = {s: [e for e in entries if not Path(e[s]).is_file()] for s in sampled}
     mine = {s: shard(todo[s], rank, world) for s in sampled}
     gen = None
-    kind = aligned_kind(cfg.aligned) if mine.get("aligned") else None
+    kind = model_kind(cfg.aligned) if mine.get("aligned") else None
     if kind in ("lora", "transformer"):  # an aligned model that does not fit the base fails here, before sampling
         gen = load_side("base", cfg, device)
         check = check_lora_file if kind == "lora" else check_transformer_folder
@@ -382,7 +366,7 @@ def run(cfg: WinrateConfig) -> int:
 
     # 3. this rank's share, base first; a LoRA is then fused into the base model, a pipeline loaded instead
     for side in (s for s in sampled if mine[s]):
-        if side == "aligned" and aligned_kind(cfg.aligned) == "pipeline":
+        if side == "aligned" and model_kind(cfg.aligned) == "pipeline":
             gen = None  # free the base model first
             gc.collect()
             torch.cuda.empty_cache()
