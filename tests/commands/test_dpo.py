@@ -91,7 +91,7 @@ def test_resume_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_pa
     _assert_same_lora(out, run_a)
     # other batch settings would silently change the data order: refused
     refused = _dpo(cli, pair_file, out, "--resume", "--batch-size", "2", "--max-steps", "6", cache=cache, ok=False)
-    assert refused.exit_code == 2 and "global batches of 2" in refused.output
+    assert refused.exit_code == 2 and "global_batch 2 -> 4" in refused.output
 
 
 def test_exported_lora_loads_and_merges_like_the_live_adapter(run_a):
@@ -138,8 +138,10 @@ def test_split_backward_gives_the_joint_gradient(cli, pair_file, cache, run_a, t
     _dpo(cli, pair_file, out, "--set", "backward=split", "--batch-size", batch, "--grad-accum", accum,
          "--set", "validate_every=0", "--set", "save_every=0", cache=cache)
     records, joint = _metrics(out), _metrics(run_a)
-    # inside = beta/2 x a difference of ~1.5-sized errors: fp32 rounding (1e-7) x 2500 allows ~1e-3 absolute
-    for key, tol in (("loss", 1e-4), ("inside", 1e-3), ("policy_chosen_err", 1e-6), ("ref_rejected_err", 1e-6)):
+    # inside = beta/2 x a difference of ~1.5-sized errors: fp32 rounding (1e-7) x 2500 allows ~1e-3 absolute; the
+    # loss, -log sigmoid(inside), moves by at most as much (its slope is sigmoid(-inside) < 1): 1e-3 too (1e-4 failed
+    # on an AMD EPYC machine: 1.5e-4)
+    for key, tol in (("loss", 1e-3), ("inside", 1e-3), ("policy_chosen_err", 1e-6), ("ref_rejected_err", 1e-6)):
         assert [r[key] for r in records] == pytest.approx([r[key] for r in joint], abs=tol), key
     _assert_same_lora(out, run_a, atol=1e-3)
 
@@ -166,13 +168,15 @@ def test_full_fine_tuning_keeps_a_frozen_reference(cli, pair_file, cache, tmp_pa
 def test_full_fine_tuning_in_bfloat16(cli, pair_file, tmp_path):
     """bf16 full fine-tuning: float32 masters, the forwards in bf16 under autocast, the frozen bf16 reference under
     the same autocast; it used to fail at the first forward (bf16 input, float32 patch-embedding bias). Step 1: the
-    masters are the bf16 weights upcast, so policy and reference compute alike and the loss is ln 2."""
+    masters are the bf16 weights upcast, so policy and reference compute alike and the loss is ln 2. Step 2 is not
+    asserted to be lower: beta 5000 times bf16 rounding of the errors (~1e-3) moves `inside` by units, so one bf16
+    step can go either way (0.989 on an AMD EPYC machine); it must differ from ln 2 (the update took effect)."""
     out = tmp_path / "full_bf16"
     _dpo(cli, pair_file, out, "--set", "lora.enabled=false", "--set", "dtype=bfloat16", "--max-steps", "2",
          "--set", "validate_every=0", "--set", "save_every=0", "--lr", "1e-4", "--set", "latent_cache=false")
     losses = _losses(out)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    assert losses[0] == pytest.approx(LN2, abs=1e-6) and losses[1] < LN2
+    assert losses[0] == pytest.approx(LN2, abs=1e-6) and losses[1] != pytest.approx(LN2, abs=1e-6)
     config = json.loads((out / "final" / "transformer" / "config.json").read_text())
     assert config["_class_name"] == "WanTransformer3DModel"
 

@@ -104,9 +104,9 @@ def test_bad_rows_are_reported_and_skipped(example, tmp_path):
     bad.write_text("\n".join([rows[0], broken, absent, *rows[3:]]) + "\n")
     result = _train("--train-csv", bad, "--output-dir", tmp_path / "o", "--max-steps", "1",
                     "--set", "save_every=0", "--set", "eval_every=0", "--set", f"videos_root={example.parent}")
-    assert "row 2: unknown label MQ='X'" in result.output
-    assert "row 3: missing video" in result.output and "nope.mp4" in result.output
-    assert "10 training pairs (2 skipped)" in result.output
+    assert "line 2: MQ label 'X' is unknown" in result.output
+    assert "line 3: missing video" in result.output and "nope.mp4" in result.output
+    assert "10 training pairs (2 skipped, 7 repeated rows kept)" in result.output
 
 
 @pytest.mark.multiprocess

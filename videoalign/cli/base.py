@@ -37,7 +37,7 @@ bench_app.add_typer(speed_app, name="speed")
 app.add_typer(bench_app, name="bench")
 
 #: short aliases of options, by field name
-ALIASES = {"output": ["-o"], "output_dir": ["-o"]}
+ALIASES = {"output": ["-o"], "output_dir": ["-o"], "learning_rate": ["--lr"]}
 _NULLS = ("null", "none", "None", "~")
 
 
