@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoalign.commands.train_reward import step_indices
+from videoalign.trainer import step_indices
 from videoalign.gen.latent_cache import CacheSpec, LatentCache
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_debug_recipe_end_to_end(run_a, labelled):
         for b in bins:
             cell = report["steps"]["4"][dim][b]
             assert cell["pairs"] == (7 if dim == "TA" else 8)  # pair 0 has no TA label
-            assert 0.0 <= cell["acc_with_ties"] <= 1.0 and 0.0 <= cell["acc_without_ties"] <= 1.0
+            assert 0.0 <= cell["accuracy_with_ties"] <= 1.0 and 0.0 <= cell["accuracy_without_ties"] <= 1.0
     assert (run_a / "eval.png").stat().st_size > 1000
     assert (run_a / "resolved_recipe.yaml").is_file()
     model = load_latent_reward(run_a / "final")
@@ -111,13 +111,13 @@ def test_resume_gives_the_uninterrupted_run(cli, labelled, cache, run_a, tmp_pat
     assert json.loads((out / "eval.json").read_text())["steps"]["4"] == \
         json.loads((run_a / "eval.json").read_text())["steps"]["4"]
     refused = _train(cli, labelled, out, "--resume", "--batch-size", "2", "--max-steps", "6", cache=cache, ok=False)
-    assert refused.exit_code == 2 and "global batches of 2" in refused.output
+    assert refused.exit_code == 2 and "global_batch 2 -> 4" in refused.output
 
 
 def test_bad_lines_are_reported_with_line_numbers(cli, labelled, cache, tmp_path):
     lines = labelled.read_text().splitlines()
     no_labels = json.loads(lines[0])
-    no_labels["labels"] = {"VQ": "maybe"}  # nothing usable
+    no_labels["labels"] = {"VQ": "maybe"}  # not a label: reported like any value outside the vocabulary
     missing = dict(json.loads(lines[1]), rejected="videos/nowhere.mp4")
     data = labelled.parent / "labelled_bad.jsonl"
     data.write_text("\n".join([*lines, "{not json", json.dumps({"prompt": "x", "chosen": "videos/p0_chosen.mp4"}),
@@ -127,7 +127,7 @@ def test_bad_lines_are_reported_with_line_numbers(cli, labelled, cache, tmp_path
     for n in (9, 10, 11, 12):
         assert f"line {n}:" in output, n
     assert "not valid JSON" in output and "missing field 'rejected'" in output and "nowhere.mp4" in output
-    assert "no usable label" in output and "8 pairs (4 skipped)" in output
+    assert "VQ label 'maybe' is unknown" in output and "8 pair items (4 skipped)" in output
 
 
 @pytest.mark.parametrize("args, field", [
@@ -194,9 +194,9 @@ def test_learns_a_toy_per_dimension_preference(cli, tmp_path):
     _train(cli, root / "pairs.jsonl", out, "--set", f"cache_dir={root / 'cache'}", "--max-steps", "30",
            "--batch-size", "4", "--grad-accum", "1", "--lr", "3e-3", "--set", "save_every=0", "--set", "eval_every=0")
     report = json.loads((out / "eval.json").read_text())["steps"]["30"]
-    print(json.dumps({d: {b: c["acc_without_ties"] for b, c in report[d].items()} for d in DIMS}))
+    print(json.dumps({d: {b: c["accuracy_without_ties"] for b, c in report[d].items()} for d in DIMS}))
     for d in DIMS:
-        assert report[d]["0.0-0.2"]["acc_without_ties"] >= 0.85, (d, report[d])
+        assert report[d]["0.0-0.2"]["accuracy_without_ties"] >= 0.85, (d, report[d])
     losses = [r["loss"] for r in _metrics(out)]
     assert sum(losses[-5:]) / 5 < losses[0]
 
