@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from videoalign import metrics
+from videoalign.labels import INVALID, label_of
 from videoalign.cli import app
 from videoalign.data import video_key
 
@@ -47,7 +49,8 @@ def _margins(scores: Path, example: Path, dim: str):
         for row in csv.DictReader(fh):
             a = by_path[video_key(example.parent / row["path_A"])]
             b = by_path[video_key(example.parent / row["path_B"])]
-            human.append(metrics.label_from_pair(row[dim]))
+            label = label_of(row[dim])  # the one vocabulary; a masked label is a NaN human label here
+            human.append(math.nan if label in (None, INVALID) else float(label))
             margin.append(a[dim] - b[dim])
     return human, margin
 

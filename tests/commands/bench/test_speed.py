@@ -15,7 +15,7 @@ from videoalign.commands.bench.speed import (
     lookup,
     markdown,
     plan,
-    run_speed_suite,
+    run,
 )
 
 
@@ -130,7 +130,7 @@ def test_a_failing_benchmark_is_recorded_and_the_others_run(tmp_path, monkeypatc
 
     monkeypatch.setattr(suite_module, "plan", lambda cfg: {"dpo": ["--steps", "0"],
                                                            "guide": ["--steps", "1", "--repeats", "2"]})
-    code = run_speed_suite(SpeedSuiteConfig(quick=True, output_dir=str(tmp_path), only=["dpo", "guide"]))
+    code = run(SpeedSuiteConfig(quick=True, output_dir=str(tmp_path), only=["dpo", "guide"]))
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert code == 1 and not suite["passed"] and set(suite["errors"]) == {"dpo", "guide"}
     assert "steps must be >= 3" in suite["errors"]["guide"] and "exit 2" in suite["errors"]["guide"]
@@ -154,11 +154,9 @@ def test_every_planned_argv_parses_into_its_config(device):
     from videoalign.cli import app
     from videoalign.commands.bench.speed_dpo import SpeedDpoConfig
     from videoalign.commands.bench.speed_guide import SpeedGuideConfig
-    from videoalign.commands.bench.speed_score import (
-        SpeedRelabelConfig,
-        SpeedScoreConfig,
-        SpeedTrainRewardConfig,
-    )
+    from videoalign.commands.bench.speed_relabel import SpeedRelabelConfig
+    from videoalign.commands.bench.speed_score import SpeedScoreConfig
+    from videoalign.commands.bench.speed_train_reward import SpeedTrainRewardConfig
     from videoalign.config import build_config, load_recipe
 
     classes = {"score": SpeedScoreConfig, "relabel": SpeedRelabelConfig, "train-reward": SpeedTrainRewardConfig,
@@ -166,7 +164,9 @@ def test_every_planned_argv_parses_into_its_config(device):
     speed = typer.main.get_command(app).commands["bench"].commands["speed"]
     for name, argv in plan(SpeedSuiteConfig(device=device)).items():
         ctx = speed.commands[name].make_context(name, [*argv, "--output", "x.json"])
-        params = {k: v for k, v in ctx.params.items() if v is not None and k not in ("recipe", "set_")}
+        given = {k: v for k, v in ctx.params.items() if k not in ("recipe", "set_")
+                 and ctx.get_parameter_source(k).name == "COMMANDLINE"}
+        params = {k.replace("__", "."): list(v) if isinstance(v, tuple) else v for k, v in given.items()}
         recipe = load_recipe(ctx.params["recipe"]) if ctx.params.get("recipe") else {}
         cfg = build_config(classes[name], recipe, params)
         if device == "cuda":
@@ -177,5 +177,5 @@ def test_every_planned_argv_parses_into_its_config(device):
 def test_refuses_to_run_under_a_multi_process_launch(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="start it once, without accelerate launch"):
-        run_speed_suite(SpeedSuiteConfig(quick=True, output_dir=str(tmp_path)))
+        run(SpeedSuiteConfig(quick=True, output_dir=str(tmp_path)))
     assert not list(tmp_path.iterdir())

@@ -18,10 +18,10 @@ from videoalign.gen.families import TINY_RANDOM, WAN_LORA_TARGETS
 from videoalign.gen.generator import load_generator, save_pipeline
 from videoalign.gen.lora import add_lora, save_lora
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "recipes" / "debug" / "bench_winrate.yaml"
 PROMPTS = ["a red fox in the snow", "a boat at sea", "a city at night"]
-DIMS = ["VQ", "MQ", "TA", "Overall"]
+DIMS = ["VQ", "MQ", "TA", "reward"]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_identical_models_tie_everywhere(run_ties):
     assert sorted(_mp4s(out / "videos" / "base")) == ["00000.mp4", "00001.mp4", "00002.mp4"]
     assert (out / "winrate.png").stat().st_size > 0 and (out / "winrate.config.yaml").is_file()
     md = (out / "winrate.md").read_text()
-    assert "| VQ | 50.00 | 0 | 3 | 0 | 3 |" in md and "| Overall | 50.00 |" in md
+    assert "| VQ | 50.00 | 0 | 3 | 0 | 3 |" in md and "| reward | 50.00 |" in md
     assert report["settings"]["steps"] == 2 and report["settings"]["reward"]["model"] == "tiny-random"
     assert {"torch", "diffusers", "videoalign"} <= set(report["versions"])
     assert "win rates against the base" in run_ties.output and not (out / "scores.jsonl.parts").exists()
@@ -142,12 +142,12 @@ def test_different_model_gives_sensible_figures(run_diff, cli):
         assert f["wins"] + f["ties"] + f["losses"] == f["n"] == 4
         assert all(0.0 <= f[k] <= 1.0 for k in ("win", "tie", "loss", "win_rate"))
         assert f["win_rate"] == pytest.approx((f["wins"] + f["ties"] / 2) / 4)
-        if dim != "Overall":
+        if dim != "reward":
             diffs = [scores[str(Path(p["aligned"]).resolve())][dim] - scores[str(Path(p["base"]).resolve())][dim]
                      for p in report["pairs"]]
             assert (f["wins"], f["losses"]) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
     assert sum(report["figures"][d]["ties"] for d in DIMS) < 4 * len(DIMS)  # not all ties
-    overall = [p["scores"]["aligned"]["Overall"] for p in report["pairs"]]
+    overall = [p["scores"]["aligned"]["reward"] for p in report["pairs"]]
     assert overall == pytest.approx([sum(p["scores"]["aligned"][d] for d in DIMS[:3]) / 3 for p in report["pairs"]])
 
 
@@ -155,7 +155,7 @@ def test_lora_file_is_fused_into_the_base(cli, inputs, run_ties, tmp_path):
     """A LoRA given as its .safetensors file changes the aligned videos; the base videos stay those of run_ties."""
     out = tmp_path / "lora"
     _winrate(cli, out, "--aligned", inputs.lora_file, "--prompts", inputs.txt, "--limit", 1,
-             "--reward-model", TINY_RANDOM)
+             "--reward.model", TINY_RANDOM)
     report = _json(out)
     assert report["figures"]["VQ"]["n"] == 1 and not report["pairs"][0]["identical"]
     assert (out / "videos" / "base" / "00000.mp4").read_bytes() == (run_ties.out / "videos" / "base" /
