@@ -96,12 +96,34 @@ def python_cli(*args) -> list[str]:
     return [sys.executable, "-m", "videoalign", *[str(a) for a in args]]
 
 
+def strip_times(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records without their wall-clock `time`."""
+    return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+
+def kill_and_resume(argv: list, out: Path, kill_after: int, env: dict | None = None):
+    """Run `videoalign <argv>` in a subprocess that SIGKILLs itself right after optimiser step `kill_after` is logged
+    (VIDEOALIGN_KILL_AFTER_STEP, trainer.py), check that it died so with steps 1..kill_after in metrics.jsonl, then
+    resume it in this process with --resume. Returns the resumed run's CliRunner result."""
+    import signal
+    import subprocess
+
+    proc = subprocess.run(python_cli(*argv), cwd=REPO, env=cli_env(VIDEOALIGN_KILL_AFTER_STEP=str(kill_after),
+                                                                   **(env or {})),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, kill_after + 1))
+    result = invoke(*argv, "--resume")
+    assert result.exit_code == 0, result.output
+    return result
+
+
 @pytest.fixture(scope="session")
 def cli() -> SimpleNamespace:
     """The helpers above, for test modules (conftest modules are not meant to be imported)."""
     return SimpleNamespace(invoke=invoke, read_jsonl=read_jsonl, write_csv=write_csv, link_videos=link_videos,
                            error_lines=error_lines, env=cli_env, python_cli=python_cli, make_clip=make_clip,
-                           repo=REPO, prompts=PROMPTS)
+                           repo=REPO, prompts=PROMPTS, kill_and_resume=kill_and_resume, strip_times=strip_times)
 
 
 ALIGN_PROMPTS = ["a red ball rolling on grass", "a cat walking in the snow", "waves on a beach", "a city at night"]

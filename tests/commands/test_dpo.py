@@ -82,11 +82,15 @@ def test_debug_recipe_end_to_end(run_a):
     assert (run_a / "merged" / "model_index.json").is_file()
 
 
-def test_resume_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_path):
+def test_resume_after_sigkill_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_path):
+    """Killed with SIGKILL after step 3 (the last checkpoint is step 2), resumed: metrics.jsonl holds exactly the
+    uninterrupted run's steps and figures (step 3 is not logged twice), and the final LoRA is the same."""
     out = tmp_path / "b"
-    _dpo(cli, pair_file, out, "--max-steps", "2", cache=cache)
-    result = _dpo(cli, pair_file, out, "--resume", cache=cache)
-    assert "resumed from" in result.output
+    argv = ["dpo", "--recipe", RECIPE, "--data", pair_file, "--output-dir", out, "--merge", "--set",
+            f"cache_dir={cache}"]
+    result = cli.kill_and_resume(argv, out, kill_after=3)
+    assert "resumed from" in result.output and "at step 2" in result.output
+    assert cli.strip_times(_metrics(out)) == cli.strip_times(_metrics(run_a))
     assert _losses(out) == _losses(run_a)
     _assert_same_lora(out, run_a)
     # other batch settings would silently change the data order: refused

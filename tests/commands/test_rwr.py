@@ -55,11 +55,17 @@ def test_debug_recipe_end_to_end(run_a, pair_file):
     assert (run_a / "final" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_resume_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_path):
+def test_resume_after_sigkill_gives_the_uninterrupted_run(cli, pair_file, cache, run_a, tmp_path):
+    """Killed with SIGKILL after step 3 (checkpoint at 2) and resumed: the uninterrupted run's metrics and LoRA."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "b"
-    _rwr(cli, pair_file, out, "--max-steps", "2", cache=cache)
-    _rwr(cli, pair_file, out, "--resume", cache=cache)
+    argv = ["rwr", "--recipe", RECIPE, "--data", pair_file, "--output-dir", out, "--set", f"cache_dir={cache}"]
+    cli.kill_and_resume(argv, out, kill_after=3)
     assert [r["loss"] for r in _metrics(out)] == [r["loss"] for r in _metrics(run_a)]
+    assert cli.strip_times(_metrics(out)) == cli.strip_times(_metrics(run_a))
+    a, b = (load_file(str(d / "final" / "pytorch_lora_weights.safetensors")) for d in (out, run_a))
+    assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)
 
 
 def test_sft_baseline_from_a_label_only_pair_csv(cli, pair_file, cache, tmp_path):

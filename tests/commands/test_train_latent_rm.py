@@ -102,12 +102,21 @@ def test_debug_recipe_end_to_end(run_a, labelled):
     assert rewards.shape == (2, 3) and torch.isfinite(rewards).all() and rewards.abs().max() > 0
 
 
-def test_resume_gives_the_uninterrupted_run(cli, labelled, cache, run_a, tmp_path):
+def test_resume_after_sigkill_gives_the_uninterrupted_run(cli, labelled, cache, run_a, tmp_path):
+    """Killed with SIGKILL after step 3 (checkpoint at 2) and resumed: the uninterrupted run's metrics, eval.json
+    and final weights."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "b"
-    _train(cli, labelled, out, "--max-steps", "2", cache=cache)
-    result = _train(cli, labelled, out, "--resume", cache=cache)
+    argv = ["train-latent-rm", "--recipe", RECIPE, "--data", labelled, "--output-dir", out, "--set",
+            f"cache_dir={cache}"]
+    result = cli.kill_and_resume(argv, out, kill_after=3)
     assert "resumed from" in result.output
     assert [r["loss"] for r in _metrics(out)] == [r["loss"] for r in _metrics(run_a)]
+    assert cli.strip_times(_metrics(out)) == cli.strip_times(_metrics(run_a))
+    assert json.loads((out / "eval.json").read_text())["steps"] == json.loads((run_a / "eval.json").read_text())["steps"]
+    a, b = (load_file(str(d / "final" / "model.safetensors")) for d in (out, run_a))
+    assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)
     assert json.loads((out / "eval.json").read_text())["steps"]["4"] == \
         json.loads((run_a / "eval.json").read_text())["steps"]["4"]
     refused = _train(cli, labelled, out, "--resume", "--batch-size", "2", "--max-steps", "6", cache=cache, ok=False)

@@ -71,16 +71,23 @@ def test_debug_recipe_end_to_end(run_a, shared_data):
     assert (run_a / "final_reference" / "checkpoint-4" / "model.pth").is_file()
 
 
-def test_resume_gives_the_losses_of_an_uninterrupted_run(run_a, example, tmp_path):
-    """Resume from run A's step-2 checkpoint: steps 3 and 4 must reproduce run A's losses."""
+def test_resume_gives_the_losses_of_an_uninterrupted_run(run_a, example, tmp_path, cli):
+    """Killed with SIGKILL after step 3 (checkpoint at 2) and resumed: steps 3 and 4 reproduce run A's losses,
+    metrics.jsonl is run A's (evaluations included, step 3 logged once), and the final model is the same."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "b"
-    shutil.copytree(run_a / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
-    result = _train("--train-csv", example, "--output-dir", out, "--resume")
+    argv = ["train-reward", "--recipe", RECIPE, "--train-csv", example, "--val-csv", example, "--output-dir", out,
+            "--export-layout", "reference"]
+    result = cli.kill_and_resume(argv, out, kill_after=3)
     assert "resumed from" in result.output and "at step 2" in result.output
     a, b = _losses(run_a), _losses(out)
-    assert sorted(b) == [3, 4]
+    assert sorted(b) == [1, 2, 3, 4]
     for step in (3, 4):
         assert b[step] == pytest.approx(a[step], abs=1e-6)
+    assert cli.strip_times(_metrics(out)) == cli.strip_times(_metrics(run_a))
+    x, y = (load_file(str(d / "final" / "model.safetensors")) for d in (out, run_a))
+    assert sorted(x) == sorted(y) and all(x[k].equal(y[k]) for k in x)
 
 
 def test_accumulation_invariant(example, tmp_path):
