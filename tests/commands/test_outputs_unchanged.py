@@ -46,13 +46,20 @@ def _clean(value):
     return value
 
 
+def _strict(text: str):
+    """json.loads that refuses NaN and Infinity, as strict JSON readers do: every output must be strict JSON."""
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def _jsonl(path: Path) -> list:
-    return [_clean(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [_clean(_strict(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _json(path: Path):
-    # Python's json reads the -Infinity / NaN some older outputs held
-    return _clean(json.loads(path.read_text(encoding="utf-8")))
+    return _clean(_strict(path.read_text(encoding="utf-8")))
 
 
 def _tensors(path: Path) -> dict:

@@ -188,3 +188,25 @@ def test_it_learns_a_visible_property(tmp_path):
     assert final["accuracy_without_ties"] >= 0.9, _metrics(out)
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["reward"]["dims"] == ["brightness"] and config["reward"]["template_type"] == "generic"
+
+
+def test_trains_on_relabels_pairs_jsonl_and_guards_its_output_folder(example, tmp_path, cli):
+    """relabel's output is train-reward's input (one reader for every pair file): 12 rows of example.csv give 12
+    pairs with VQ/MQ/TA labels (chosen = A). A second run into the same folder is refused (exit 2, one line naming
+    --resume and --overwrite); --overwrite replaces the run."""
+    pairs = tmp_path / "pairs.jsonl"
+    relabel = cli.invoke("relabel", example, "--recipe", REPO / "recipes" / "debug" / "relabel.yaml",
+                         "--output", pairs)
+    assert relabel.exit_code == 0, relabel.output
+    out = tmp_path / "from_jsonl"
+    args = ("--train-csv", pairs, "--output-dir", out, "--max-steps", "1", "--set", "save_every=0",
+            "--set", "eval_every=0")
+    result = _train(*args)
+    assert "12 training pairs (0 skipped" in result.output and "dims VQ,MQ,TA" in result.output
+    assert (out / "final" / "model.safetensors").is_file() and len(_metrics(out)) == 1
+    again = runner.invoke(app, ["train-reward", "--recipe", str(RECIPE), *map(str, args)])
+    assert again.exit_code == 2
+    (line,) = [x for x in again.output.splitlines() if x.startswith("error:")]
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    _train(*args, "--overwrite")
+    assert len(_metrics(out)) == 1  # replaced, not appended
