@@ -49,7 +49,7 @@ def test_relative_csv_path_resolves_against_its_folder(tmp_path, monkeypatch):
 
 
 def test_pair_csv_dedupes_and_keeps_the_first_prompt(tmp_path):
-    """The reference pair CSV (REFERENCE 9.6): every distinct video once, with its first row's prompt;
+    """The reference pair CSV (docs/numerics.md, Accuracy with and without ties): every distinct video once, with its first row's prompt;
     `videos/x.mp4` and `./videos/x.mp4` are one video."""
     csv_path = tmp_path / "pairs.csv"
     csv_path.write_text(

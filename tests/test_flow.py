@@ -1,4 +1,4 @@
-"""Golden and parity tests for videoalign.flow (REFERENCE.md 10.1). Each docstring writes out the arithmetic.
+"""Golden and parity tests for videoalign.flow (docs/numerics.md, Flow conventions). Each docstring writes out the arithmetic.
 
 shift_time(t, s) = s t / (1 + (s - 1) t); t = 1 is pure noise.
 """

@@ -1,4 +1,4 @@
-"""Golden tests for videoalign.losses (REFERENCE.md 7.5). Each docstring writes out the arithmetic.
+"""Golden tests for videoalign.losses (docs/numerics.md, Reward losses). Each docstring writes out the arithmetic.
 
 Constants: ln 2 = 0.693147, ln 5 = 1.609438, ln 6 = 1.791759, ln 24 = 3.178054, ln 1.5 = 0.405465, e = 2.718282.
 """
@@ -223,7 +223,7 @@ def test_regression_loss():
     assert math.isclose(float(reduce_loss(loss, mask, "masked_mean")), 1.25 / 3, abs_tol=1e-12)
 
 
-# --- Flow-DPO and Flow-RWR (REFERENCE.md 10.4, 10.6) ---------------------------------------------------------
+# --- Flow-DPO and Flow-RWR (docs/numerics.md, Flow-DPO and Flow-RWR) ---------------------------------------------------------
 # ln(1 + e^-1) = 0.313262, ln(1 + e) = 1.313262, ln 3 = 1.098612.
 
 LN1P_EM1, LN1P_E, LN3 = 0.313261687518, 1.313261687518, 1.098612288668

@@ -1,4 +1,4 @@
-"""Hand-computed tests for videoalign.metrics (REFERENCE.md 9.3-9.5). Each docstring writes out the counts.
+"""Hand-computed tests for videoalign.metrics (docs/numerics.md, Accuracy with and without ties). Each docstring writes out the counts.
 
 Classes at threshold eps (model tie iff |m| <= eps), in order: T_hm (h = 0, tied), T_h (h = 0), T_m (tied),
 C (h * m > 0), D (the rest). acc(eps) = (C + T_hm) / (C + D + T_h + T_m + T_hm) = (C + T_hm) / N.

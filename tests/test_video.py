@@ -1,6 +1,6 @@
-"""Tests for videoalign.video: frame count and indices (REFERENCE 1.2, 1.3), decoding, writing.
+"""Tests for videoalign.video: frame count and indices (docs/numerics.md, Frames), decoding, writing.
 
-The six-clip table of REFERENCE 1.7 is checked end to end (decode, resize, grid) in
+The six-clip table of docs/numerics.md, Frames is checked end to end (decode, resize, grid) in
 test_vision.py, which decodes every shared clip once; here the table's frame counts are checked
 from (total, fps) alone, and only the two cheapest clips are decoded.
 """
@@ -24,7 +24,7 @@ from videoalign.video import (
     write_video,
 )
 
-# REFERENCE 1.7: clip -> (total frames, fps, n, indices). 2_A's indices are elided in the table
+# docs/numerics.md, Frames: clip -> (total frames, fps, n, indices). 2_A's indices are elided in the table
 # ("0,13,...,130,143"); the full list is the parity file's.
 TABLE = {
     "example_1_A.mp4": (126, 24.0, 10, [0, 14, 28, 42, 56, 69, 83, 97, 111, 125]),
@@ -36,7 +36,7 @@ TABLE = {
 }
 
 
-# ---- sample_frame_count (REFERENCE 1.2) ---------------------------------------------------------
+# ---- sample_frame_count (docs/numerics.md, Frames) ---------------------------------------------------------
 
 
 def test_reference_examples():
@@ -113,7 +113,7 @@ def test_sample_frame_count_errors(kwargs):
         sample_frame_count(**kwargs)
 
 
-# ---- frame_indices (REFERENCE 1.3) -------------------------------------------------------------
+# ---- frame_indices (docs/numerics.md, Frames) -------------------------------------------------------------
 
 
 def test_frame_indices_half_to_even():
@@ -132,7 +132,7 @@ def clip_3b(shared_data):
 
 
 def test_read_video_3b_at_2fps(clip_3b):
-    """example_3_B: 60 frames at 16 fps -> 8 frames at fps 2 (REFERENCE 1.7)."""
+    """example_3_B: 60 frames at 16 fps -> 8 frames at fps 2 (docs/numerics.md, Frames)."""
     assert isinstance(clip_3b, VideoFrames)
     assert clip_3b.total_frames == 60
     assert clip_3b.src_fps == 16.0

@@ -66,7 +66,7 @@ def test_debug_recipe_end_to_end(run_a):
     records = _metrics(run_a)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     first = records[0]
-    # LoRA B = 0 at step 1: policy == reference, so inside = 0 and the loss is ln 2 (REFERENCE.md 10.4)
+    # LoRA B = 0 at step 1: policy == reference, so inside = 0 and the loss is ln 2 (docs/numerics.md, Flow-DPO)
     assert first["loss"] == pytest.approx(LN2, abs=1e-6) and first["inside"] == 0.0
     assert first["policy_chosen_err"] == first["ref_chosen_err"]
     for key in ("implicit_acc", "reward_margin", "w_diff", "l_diff", "policy_rejected_err", "ref_rejected_err"):

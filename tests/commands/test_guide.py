@@ -1,4 +1,4 @@
-"""`videoalign guide` (Flow-NRG, REFERENCE.md 10.7) end to end through the CLI on recipes/debug/guide.yaml and a
+"""`videoalign guide` (Flow-NRG, docs/numerics.md, Flow-NRG) end to end through the CLI on recipes/debug/guide.yaml and a
 tiny-random Wan, with a hand-set latent reward model whose heads read the means of latent channels 0 and 1 (as in
 tests/test_guidance.py), saved to disk the way train-latent-rm saves one. Also `bench speed guide` on tiny."""
 

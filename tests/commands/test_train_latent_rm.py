@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debug" / "train_latent_rm.yaml"
 DIMS = ["VQ", "MQ", "TA"]
 LN_THETA = math.log(5.0)
-#: BTT at d = 0, theta = 5 (REFERENCE.md 7.5): win -log sigmoid(-ln 5) = ln 6; tie 2 ln 6 - ln 24 = ln 1.5
+#: BTT at d = 0, theta = 5 (docs/numerics.md, Reward losses): win -log sigmoid(-ln 5) = ln 6; tie 2 ln 6 - ln 24 = ln 1.5
 WIN = -math.log(1 / (1 + math.exp(LN_THETA)))
 TIE = 2 * WIN - math.log(5.0 ** 2 - 1)
 SIDE = {"chosen": 1, "rejected": -1, "tie": 0}

@@ -1,4 +1,4 @@
-"""videoalign.gen.generator on the seeded tiny-random Wan (REFERENCE.md 10.1, 10.2, 10.5): parity with diffusers'
+"""videoalign.gen.generator on the seeded tiny-random Wan (docs/numerics.md, Flow conventions and Flow-DPO): parity with diffusers'
 WanPipeline for text and latents, the transformer's timestep scale, LoRA (init, gradients, the disabled-adapter
 reference, save/load/fuse through WanLoraLoaderMixin), saving a pipeline, sampling, and the family checks.
 Everything runs on the CPU in float32 in a few seconds."""
@@ -207,7 +207,7 @@ def test_add_lora_leaves_the_model_unchanged_and_trains_only_lora():
 
 def test_adapters_disabled_gives_the_base_model():
     """With lora_B perturbed the policy differs from the base; inside adapters_disabled the output equals the base
-    output exactly (the Flow-DPO reference, REFERENCE.md 10.5), and the adapter is back on afterwards."""
+    output exactly (the Flow-DPO reference, docs/numerics.md, Flow-DPO), and the adapter is back on afterwards."""
     g = load_generator(TINY_RANDOM, "float32")
     x_t, t, text = _inputs(g)
     with torch.no_grad():
@@ -339,7 +339,7 @@ def test_float16_is_refused_with_a_reason():
 
 def test_wan_check_frames():
     """(F - 1) % 4 == 0: 1, 9 and 81 pass; 10 -> nearest 4 k + 1 with k = round(9/4) = 2 -> 9; 12 -> round(11/4)
-    = 3 -> 13; 0 -> 1. 81 x 480 x 832 -> latents (16, 21, 60, 104) (REFERENCE.md 10.2)."""
+    = 3 -> 13; 0 -> 1. 81 x 480 x 832 -> latents (16, 21, 60, 104) (docs/numerics.md, Flow conventions)."""
     assert WAN.check_frames(1) is None and WAN.check_frames(9) is None and WAN.check_frames(81) is None
     assert WAN.check_frames(10) == "Wan needs (num_frames - 1) % 4 == 0, got 10; use 9"
     assert WAN.check_frames(12).endswith("got 12; use 13")

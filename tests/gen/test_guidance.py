@@ -1,4 +1,4 @@
-"""videoalign.gen.guidance (Flow-NRG, REFERENCE.md 10.7): the guided-velocity formula on golden values, the hook's
+"""videoalign.gen.guidance (Flow-NRG, docs/numerics.md, Flow-NRG): the guided-velocity formula on golden values, the hook's
 exactness at scale 0 (bit-identical to unguided sampling), and its effect on the seeded tiny-random Wan with a
 hand-set latent reward whose two heads read the means of latent channels 0 and 1: guidance raises the guided
 reward, more for a larger scale, and the weights pick which channel moves. CPU, float32."""

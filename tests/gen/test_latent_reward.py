@@ -1,4 +1,4 @@
-"""videoalign.gen.latent_reward on the seeded tiny-random Wan (2 blocks, width 32; REFERENCE.md 10.7): the first-k-block
+"""videoalign.gen.latent_reward on the seeded tiny-random Wan (2 blocks, width 32; docs/numerics.md, Flow-NRG): the first-k-block
 backbone reproduces the transformer's own hidden states bit for bit, rewards start at exactly 0, depend on t and the
 text, survive save -> load unchanged (dtypes included), loading is strict, and reward_gradient matches finite
 differences without touching any parameter's .grad. CPU, float32 (float64 for the finite differences)."""

@@ -1,6 +1,6 @@
-"""Tests for videoalign.reward.inputs: the rubric template, the chat layout, collation (REFERENCE 3.1-3.4).
+"""Tests for videoalign.reward.inputs: the rubric template, the chat layout, collation (docs/numerics.md, Prompt and tokens).
 
-The layout test rebuilds the REFERENCE 3.2 string by hand (the reference's `template.format(text_prompt=...)`,
+The layout test rebuilds the docs/numerics.md, Prompt and tokens string by hand (the reference's `template.format(text_prompt=...)`,
 literal chat markers) and checks that the package's ids decode to it and equal the ids of tokenising that
 whole string at once.
 """
@@ -20,7 +20,7 @@ from videoalign.reward.vision import VideoPixels, preprocess_frames
 TEMPLATE_SHA256 = "fdb6309bac618dd0c8b1b589d3a0970a974f7856eecbb355a190b2dce54af700"
 TEMPLATE_BYTES = 3997
 
-# REFERENCE 3.3
+# docs/numerics.md, Prompt and tokens
 QWEN_IDS = {
     "<|endoftext|>": 151643,
     "<|im_start|>": 151644,
@@ -35,7 +35,7 @@ QWEN_IDS = {
 
 
 def reference_layout(prompt: str, num_video_tokens: int) -> str:
-    """REFERENCE 3.2, written out literally."""
+    """docs/numerics.md, Prompt and tokens, written out literally."""
     template = (
         resources.files("videoalign")
         .joinpath("assets", "prompt_template_detailed_special.txt")
@@ -56,7 +56,7 @@ def tiny():
     return build_tiny_random()
 
 
-# ---- template (REFERENCE 3.1) --------------------------------------------------------------------
+# ---- template (docs/numerics.md, Prompt and tokens) --------------------------------------------------------------------
 
 
 def test_packaged_template_is_byte_exact():
@@ -90,7 +90,7 @@ def test_unknown_template_type_is_an_error():
         load_template("simple")
 
 
-# ---- layout (REFERENCE 3.2) ----------------------------------------------------------------------
+# ---- layout (docs/numerics.md, Prompt and tokens) ----------------------------------------------------------------------
 
 
 def _check_layout(tokenizer, prompt: str, n: int = 4):
@@ -137,11 +137,11 @@ def test_reward_positions_follow_the_video_length(tiny):
     assert [q - p for p, q in zip(a.reward_positions, b.reward_positions)] == [6, 6, 6]
 
 
-# ---- collation (REFERENCE 3.4) -------------------------------------------------------------------
+# ---- collation (docs/numerics.md, Prompt and tokens) -------------------------------------------------------------------
 
 
 class StubTokenizer:
-    """The Qwen2-VL special-token ids of REFERENCE 3.3; text is encoded one id per character."""
+    """The Qwen2-VL special-token ids of docs/numerics.md, Prompt and tokens; text is encoded one id per character."""
 
     def __init__(self, pad_token_id):
         self.pad_token_id = pad_token_id
@@ -182,7 +182,7 @@ def test_builder_refuses_a_tokenizer_without_reward_tokens():
         RewardInputBuilder(tiny_random_tokenizer())
 
 
-# ---- causal attention + right padding (REFERENCE 3.4) --------------------------------------------
+# ---- causal attention + right padding (docs/numerics.md, Prompt and tokens) --------------------------------------------
 
 
 def test_vq_mq_hidden_states_do_not_depend_on_the_prompt(tiny):

@@ -1,10 +1,10 @@
-"""Tests for the VideoReward model, its loaders and writers (REFERENCE.md sections 4, 5 and 6).
+"""Tests for the VideoReward model, its loaders and writers (docs/numerics.md, Positions and Reward head and scores, Checkpoint layouts).
 
 The parity test scores the six shared clips with the tiny reference-layout checkpoint in float32 and compares
 against what the reference implementation (transformers 4.45.2) wrote. Everything else runs on the seeded
 `tiny-random` model and a synthetic two-frame video, so it needs no network and no shared data.
 
-LoRA arithmetic (REFERENCE 6.2/8.3, r = 64, alpha = 128): a saved LoRA pair (A, B) must load back as
+LoRA arithmetic (docs/numerics.md, Checkpoint layouts/8.3, r = 64, alpha = 128): a saved LoRA pair (A, B) must load back as
 W + (alpha / r) * B @ A = W + 2 * B @ A.
 """
 
@@ -219,7 +219,7 @@ def parity_run(parity_rm, reference, shared_data):
     }
 
 
-# ---- parity with the reference (REFERENCE 0, 4, 5) -----------------------------------------------
+# ---- parity with the reference (docs/numerics.md, Flow conventions and Positions, Reward head and scores) -----------------------------------------------
 
 
 def test_parity_scores_match_reference(parity_run, reference):
@@ -241,7 +241,7 @@ def test_parity_scores_match_reference(parity_run, reference):
 def test_parity_input_ids_and_reward_positions(parity_rm, reference):
     """RewardInputBuilder.tokenize reproduces the reference's input_ids and reward-token positions exactly.
 
-    The number of video tokens comes from the reference's own grid: N = t*h*w/4 (REFERENCE 3.2).
+    The number of video tokens comes from the reference's own grid: N = t*h*w/4 (docs/numerics.md, Prompt and tokens).
     """
     builder = RewardInputBuilder(parity_rm.tokenizer)
     for ref in reference:
@@ -264,7 +264,7 @@ def test_parity_prepared_positions_and_hidden_states(parity_run, reference):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-# ---- normalisation (REFERENCE 5) -----------------------------------------------------------------
+# ---- normalisation (docs/numerics.md, Reward head and scores) -----------------------------------------------------------------
 
 
 def test_normalisation_is_z_score_and_overall_is_sum(parity_run, parity_dir):
@@ -309,7 +309,7 @@ def test_uncalibrated_checkpoint_reports_raw(tiny):
     assert (rec["num_frames"], rec["fps"], rec["grid_thw"]) == (4, 2.0, [2, 8, 8])
 
 
-# ---- reference layouts: save and reload (REFERENCE 6.2, 6.3) --------------------------------------
+# ---- reference layouts: save and reload (docs/numerics.md, Checkpoint layouts) --------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def lora_expected(lora_case, tiny, pixels):
 
 
 def test_lora_targets_are_the_llm_projections(lora_case):
-    """REFERENCE 8.3: q, k, v, o, gate, up, down of every decoder layer; nothing in visual/embed/heads."""
+    """docs/numerics.md, Reward training recipe: q, k, v, o, gate, up, down of every decoder layer; nothing in visual/embed/heads."""
     model, lora_state = lora_case
     assert sorted(lora_targets(model, DEFAULT_LORA)) == sorted(lora_state)
 
@@ -363,7 +363,7 @@ def test_reference_layout_round_trip_with_lora(
 
 
 def test_full_layout_writes_transformers_445_keys(lora_case, tiny, tmp_path):
-    """model.pth holds the PEFT-wrapped state dict in 4.45 names (REFERENCE 6.2), never the 5.x names."""
+    """model.pth holds the PEFT-wrapped state dict in 4.45 names (docs/numerics.md, Checkpoint layouts), never the 5.x names."""
     model, lora_state = lora_case
     _, tokenizer, config = tiny
     step_dir = save_reference(
@@ -378,7 +378,7 @@ def test_full_layout_writes_transformers_445_keys(lora_case, tiny, tmp_path):
     assert any(k.startswith("base_model.model.visual.") for k in keys)
     assert any(k.startswith("base_model.model.model.layers.") for k in keys)
     assert not any("language_model" in k or k.startswith("base_model.model.model.visual.") for k in keys)
-    # 26 tensors per layer (REFERENCE 6.2): 7 base weights + 3 q/k/v biases + 14 LoRA + 2 norms
+    # 26 tensors per layer (docs/numerics.md, Checkpoint layouts): 7 base weights + 3 q/k/v biases + 14 LoRA + 2 norms
     for layer in range(2):
         assert sum(k.startswith(f"base_model.model.model.layers.{layer}.") for k in keys) == 26
     q = "base_model.model.model.layers.0.self_attn.q_proj"
@@ -400,7 +400,7 @@ def test_full_layout_writes_transformers_445_keys(lora_case, tiny, tmp_path):
 
 
 def test_lora_layout_writes_adapter_and_non_lora_files(lora_case, tiny, tmp_path):
-    """train.sh layout (REFERENCE 6.3): adapter keys without `.default`; non-LoRA = visual, embed, rm_head."""
+    """train.sh layout (docs/numerics.md, Checkpoint layouts): adapter keys without `.default`; non-LoRA = visual, embed, rm_head."""
     from safetensors.torch import load_file
 
     model, lora_state = lora_case
@@ -498,7 +498,7 @@ def test_native_strict_load_names_missing_key(tiny, tmp_path):
         VideoReward.from_pretrained(str(out), dtype="float32", device="cpu")
 
 
-# ---- strict loading of the reference layout (REFERENCE 6.5) ---------------------------------------
+# ---- strict loading of the reference layout (docs/numerics.md, Checkpoint layouts) ---------------------------------------
 
 
 @pytest.fixture
@@ -601,7 +601,7 @@ def test_non_dict_pth_is_refused(parity_copy, parity_dir):
         _load_copy(root, parity_dir)
 
 
-# ---- checkpoint-step selection (REFERENCE 6.3) ----------------------------------------------------
+# ---- checkpoint-step selection (docs/numerics.md, Checkpoint layouts) ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -650,7 +650,7 @@ def test_root_without_checkpoint_is_an_error(tmp_path):
         find_step_dir(tmp_path, None)
 
 
-# ---- key remap (REFERENCE 6.4) -------------------------------------------------------------------
+# ---- key remap (docs/numerics.md, Checkpoint layouts) -------------------------------------------------------------------
 
 KEY_PAIRS = [
     (
@@ -739,7 +739,7 @@ def test_tiny_random_from_pretrained_warns(caplog):
     assert any("meaningless" in r.getMessage() for r in caplog.records)
 
 
-# ---- heads and config (REFERENCE 4.2) ------------------------------------------------------------
+# ---- heads and config (docs/numerics.md, Positions) ------------------------------------------------------------
 
 
 def test_output_dim_3_reads_the_diagonal(tiny, pixels):
@@ -778,7 +778,7 @@ def test_reward_config_rules():
         )
 
 
-# ---- prompts (REFERENCE 3.1, 3.4) ----------------------------------------------------------------
+# ---- prompts (docs/numerics.md, Prompt and tokens) ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dim", DIMS)

@@ -1,4 +1,4 @@
-"""Tests for videoalign.reward.vision: smart_resize, resize, normalise, patchify (REFERENCE 1.4-2.2).
+"""Tests for videoalign.reward.vision: smart_resize, resize, normalise, patchify (docs/numerics.md, Resize and Pixels and patches).
 
 The parity test reproduces the reference's `pixel_values_videos` for the six shared clips bit for
 bit: shape, float64 sum, and sha256 of the float32 tensor's C-contiguous bytes
@@ -28,7 +28,7 @@ from videoalign.reward.vision import (
 )
 from videoalign.video import read_video
 
-# REFERENCE 1.7: clip -> (n, (H, W), (h, w), grid (t, h, w), video tokens).
+# docs/numerics.md, Frames: clip -> (n, (H, W), (h, w), grid (t, h, w), video tokens).
 TABLE = {
     "example_1_A.mp4": (10, (752, 1360), (308, 588), (5, 22, 42), 1155),
     "example_1_B.mp4": (10, (720, 1280), (336, 588), (5, 24, 42), 1260),
@@ -56,7 +56,7 @@ def clips(shared_data):
     return out
 
 
-# ---- smart_resize (REFERENCE 1.4) ---------------------------------------------------------------
+# ---- smart_resize (docs/numerics.md, Resize) ---------------------------------------------------------------
 
 
 def test_smart_resize_boundary_720x1280():
@@ -88,7 +88,7 @@ def test_smart_resize_aspect_ratio_error():
     smart_resize(10, 2000)  # exactly 200 is allowed
 
 
-# ---- resize_frames (REFERENCE 1.5) --------------------------------------------------------------
+# ---- resize_frames (docs/numerics.md, Resize) --------------------------------------------------------------
 
 
 def test_resize_same_size_is_identity():
@@ -109,7 +109,7 @@ def test_resize_semantics():
     assert torch.equal(resize_frames(const, 28, 56), torch.full((2, 3, 28, 56), 77, dtype=torch.uint8))
 
 
-# ---- normalize_frames (REFERENCE 2.1) ------------------------------------------------------------
+# ---- normalize_frames (docs/numerics.md, Pixels and patches) ------------------------------------------------------------
 
 
 def test_normalize_bit_exact_all_values():
@@ -134,7 +134,7 @@ def test_rescale_route_matters():
     assert torch.equal(ref, k.float() / 255)
 
 
-# ---- patchify (REFERENCE 2.2) -------------------------------------------------------------------
+# ---- patchify (docs/numerics.md, Pixels and patches) -------------------------------------------------------------------
 
 
 def test_patchify_order_against_index_formula():
@@ -189,7 +189,7 @@ def test_preprocess_synthetic():
     assert tuple(vp.pixel_values.shape) == (2 * 24 * 24, 1176) and vp.num_tokens == 288
 
 
-# ---- the six shared clips (REFERENCE 1.7) and pixel parity --------------------------------------
+# ---- the six shared clips (docs/numerics.md, Frames) and pixel parity --------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

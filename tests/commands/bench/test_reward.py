@@ -146,7 +146,7 @@ def test_scores_without_paths_are_matched_by_the_pair_files_paths(scored, exampl
 
 
 def test_reference_protocol_scores_sorted_paths_in_batches_of_8(example, parity, tmp_path, monkeypatch):
-    """REFERENCE.md 9.6: distinct videos sorted by path as written, batches of 8, bf16 by default."""
+    """docs/numerics.md, Accuracy with and without ties: distinct videos sorted by path as written, batches of 8, bf16 by default."""
     from videoalign.reward.videoreward import VideoReward
 
     seen = {}
