@@ -21,12 +21,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 def report(figures: dict, output: str | None) -> None:
     """Print the figures, plus where they were measured (threads, host, python, torch), as JSON and, when `output`
     is set, write them there atomically."""
-    from videoalign.data import write_json
+    from videoalign.data import strict_json, write_json
     from videoalign.log import console, stdout
 
     figures = {**figures, "torch_threads": torch.get_num_threads(), "host": platform.node(),
                "python": platform.python_version(), "torch": torch.__version__}
-    text = json.dumps(figures, indent=2)
+    text = json.dumps(strict_json(figures), indent=2)
     if output:
         write_json(output, figures)
         console.print(f"wrote {output}", highlight=False)

@@ -26,6 +26,14 @@ PROMPTS = ["a red car", "a cat on a sofa", "waves on a beach", "a city at night"
 _runner = CliRunner()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test here runs the real CLI end to end: `slow`, so `pytest -m "not slow"` is the fast inner loop."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def make_clip(path: Path, seed: int, height: int = 64, width: int = 96, frames: int = 16, fps: float = 8.0) -> Path:
     """A random uint8 clip. 16 frames at 8 fps = 2 s -> 4 frames sampled at the default 2 fps."""
     rng = np.random.default_rng(seed)

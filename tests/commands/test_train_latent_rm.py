@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoalign.trainer import step_indices
 from videoalign.gen.latent_cache import CacheSpec, LatentCache
+from videoalign.trainer import step_indices
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debug" / "train_latent_rm.yaml"

@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -20,7 +20,6 @@ N GPUs:     accelerate launch --num_processes N -m videoalign relabel manifest.c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -129,7 +128,7 @@ def build_pairs(source, scored: dict[str, dict], cfg: RelabelConfig, dims: list[
 
 
 def run(cfg: RelabelConfig) -> int:
-    from videoalign.data import read_relabel_input, write_jsonl_atomic
+    from videoalign.data import json_line, read_relabel_input, write_jsonl_atomic
     from videoalign.distributed import broadcast_from_main, make_accelerator
     from videoalign.log import console, stdout
     from videoalign.reward.scoring import score_into
@@ -150,7 +149,7 @@ def run(cfg: RelabelConfig) -> int:
         lines = pairs + errors
         if cfg.output == "-":
             for line in lines:
-                stdout.print(json.dumps(line, ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
+                stdout.print(json_line(line).rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
         else:
             write_jsonl_atomic(cfg.output, lines)
         summarize(pairs, dropped, singles, errors, dims, cfg)

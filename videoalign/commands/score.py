@@ -11,7 +11,6 @@ N GPUs:     accelerate launch --num_processes N -m videoalign score --csv videos
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,7 @@ def run(cfg: ScoreConfig) -> int:
 
 def run_single(cfg: ScoreConfig, video: str, prompt: str, as_json: bool) -> int:
     """Score one clip; exit code 2 with a one-line error when it cannot be scored."""
+    from videoalign.data import json_line
     from videoalign.log import error_line, stdout
     from videoalign.reward.scoring import load_model
 
@@ -62,7 +62,7 @@ def run_single(cfg: ScoreConfig, video: str, prompt: str, as_json: bool) -> int:
         error_line(record["error"])
         return 2
     if as_json:
-        stdout.print(json.dumps(record, ensure_ascii=False), markup=False, highlight=False)
+        stdout.print(json_line(record).rstrip("\n"), markup=False, highlight=False)
     else:
         stdout.print(score_table([record], rm.dims))
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from videoalign.data import write_atomic
 from videoalign.reward.inputs import DEFAULT_DIMS, reward_token
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def save_native(model: VideoRewardModel, tokenizer, config: RewardConfig, out_di
         "reward": dataclasses.asdict(config),
         "qwen2_vl": model.model.config.to_dict(),
     }
-    _atomic_write_text(out_dir / NATIVE_CONFIG, json.dumps(meta, indent=2) + "\n")
+    write_atomic(out_dir / NATIVE_CONFIG, json.dumps(meta, indent=2) + "\n")
     return out_dir
 
 
@@ -339,22 +340,16 @@ def build_tiny_random(seed: int = 0, dtype: torch.dtype = torch.float32, config:
     return model, tokenizer, config
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def update_normalization(path: Path, stats: dict[str, dict[str, float]]) -> None:
     """Store per-dimension {"mean", "std"} in a checkpoint folder: our config.json, or the reference's
     model_config.json `inference_config` (`VQ_mean`, `VQ_std`, ...), rewritten atomically."""
     if is_native(path):
         meta = json.loads((path / NATIVE_CONFIG).read_text())
         meta["reward"]["normalization"] = stats
-        _atomic_write_text(path / NATIVE_CONFIG, json.dumps(meta, indent=2) + "\n")
+        write_atomic(path / NATIVE_CONFIG, json.dumps(meta, indent=2) + "\n")
     elif (path / "model_config.json").is_file():
         cfg = json.loads((path / "model_config.json").read_text())
         cfg["inference_config"] = {f"{d}_{k}": v[k] for d, v in stats.items() for k in ("mean", "std")}
-        _atomic_write_text(path / "model_config.json", json.dumps(cfg, indent=4) + "\n")
+        write_atomic(path / "model_config.json", json.dumps(cfg, indent=4) + "\n")
     else:
         raise ValueError(f"{path}: not a checkpoint folder (no config.json or model_config.json) to calibrate")

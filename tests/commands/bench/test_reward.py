@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from videoalign import metrics
-from videoalign.labels import INVALID, label_of
 from videoalign.cli import app
 from videoalign.data import video_key
+from videoalign.labels import INVALID, label_of
 
 runner = CliRunner()
 

@@ -265,7 +265,7 @@ def print_table(suite: dict) -> None:
 def run(cfg: SpeedSuiteConfig) -> int:
     import os
 
-    from videoalign.data import write_atomic
+    from videoalign.data import write_atomic, write_json
     from videoalign.log import console
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -296,7 +296,7 @@ def run(cfg: SpeedSuiteConfig) -> int:
              "machine": machine(), "commands": {n: ["videoalign", "bench", "speed", n, *a] for n, a in benchmarks.items()},
              "seconds": {n: round(s, 1) for n, s in seconds.items()}, "benchmarks": results, "errors": errors,
              "checks": checks, "passed": not failed and not errors}
-    write_atomic(out / "suite.json", json.dumps(suite, indent=2) + "\n")
+    write_json(out / "suite.json", suite)
     write_atomic(out / "suite.md", markdown(suite))
     print_table(suite)
     console.print(f"wrote {out / 'suite.json'} and {out / 'suite.md'} ({sum(seconds.values()):.0f} s)", highlight=False)
