@@ -7,6 +7,7 @@ Benchmarks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -36,6 +37,19 @@ def report(figures: dict, output: str | None) -> None:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (threads included), in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's CPU threads set to n (None: unchanged) for the block, then restored: a benchmark run in-process must
+    not change the numbers of whatever runs after it (the thread count changes float reduction order)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sync(device) -> None:

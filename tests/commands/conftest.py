@@ -116,8 +116,12 @@ def kill_and_resume(argv: list, out: Path, kill_after: int, env: dict | None = N
     import signal
     import subprocess
 
+    import torch
+
+    # the same CPU threads as this process (the thread count changes float reduction order, so the numbers)
+    extra = {"OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})}
     proc = subprocess.run(python_cli(*argv), cwd=REPO, env=cli_env(VIDEOALIGN_KILL_AFTER_STEP=str(kill_after),
-                                                                   **(env or {})),
+                                                                   **extra),
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, kill_after + 1))

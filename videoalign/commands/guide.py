@@ -24,7 +24,6 @@ N GPUs: accelerate launch --num_processes N -m videoalign guide --recipe recipes
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -205,40 +204,11 @@ def is_done(index: int, prompt: str, done: dict[int, dict], out: Path, compare: 
 
 # -- sampling -------------------------------------------------------------------------------------------------
 
-def latents_sha1(x) -> str:
-    """A fingerprint of one sample's final latents (float32 bytes): equal fingerprints = bit-identical samples."""
-    return hashlib.sha1(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def sample_batch(gen, rm, weights, text, negative, seeds: list[int], shape, cfg: GuideConfig, scale: float):
-    """Sample one batch with guidance scale `scale`: (latents (B, C, F', H', W'), per-row trajectories,
-    per-row final rewards). Without a latent reward model: plain sampling, empty trajectories, no rewards."""
-    import torch
-
-    from videoalign.gen.guidance import make_guidance_hook
-
-    record = [] if rm is not None else None
-    hook = make_guidance_hook(rm, text, weights, scale, record=record) if rm is not None else None
-    x0 = gen.sample(text, seeds, shape, cfg.steps, cfg.shift, cfg.guidance_scale, negative, velocity_hook=hook)
-    batch = len(seeds)
-    if rm is None:
-        return x0, [[] for _ in range(batch)], [None] * batch
-    trajectories = [[{"t": step["t"], "weighted": step["weighted"][b],
-                      "rewards": {d: v[b] for d, v in step["rewards"].items()}, "grad_rms": step["grad_rms"][b]}
-                     for step in record] for b in range(batch)]
-    device = next(rm.parameters()).device
-    with torch.no_grad():
-        rewards = rm(x0.to(device), 0.0, text.to(device)).float().cpu()  # (B, D) at t = 0
-    w = torch.tensor([weights[d] for d in rm.dims])
-    finals = [{"weighted": float((rewards[b] * w).sum()), "rewards": dict(zip(rm.dims, rewards[b].tolist()))}
-              for b in range(batch)]
-    return x0, trajectories, finals
-
-
 def guide_batch(gen, rm, weights, items: list[tuple[int, str]], cfg: GuideConfig, out: Path, negative_row):
     """Sample, decode and write the videos of `items` [(index, prompt)]; returns their JSON lines."""
     import torch
 
+    from videoalign.gen.guidance import guided_sample, latents_sha1
     from videoalign.video import write_video
 
     shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
@@ -248,11 +218,11 @@ def guide_batch(gen, rm, weights, items: list[tuple[int, str]], cfg: GuideConfig
     negative = negative_row.expand(len(items), *negative_row.shape[1:]) if use_cfg else None
     seeds = [cfg.seed + index for index, _ in items]
     # 1. guided (scale 0 = the plain sampler, still recording the latent reward along the way)
-    x0, trajectories, finals = sample_batch(gen, rm, weights, text, negative, seeds, shape, cfg, cfg.scale)
+    x0, trajectories, finals = guided_sample(gen, rm, weights, text, negative, seeds, shape, cfg, cfg.scale)
     frames = gen.decode(x0)  # (B, F, H, W, 3) uint8
     # 2. with --compare: unguided from the same seeds
     if cfg.compare:
-        plain, plain_traj, plain_finals = sample_batch(gen, rm, weights, text, negative, seeds, shape, cfg, 0.0)
+        plain, plain_traj, plain_finals = guided_sample(gen, rm, weights, text, negative, seeds, shape, cfg, 0.0)
         plain_frames = gen.decode(plain)
     lines = []
     for b, (index, prompt) in enumerate(items):

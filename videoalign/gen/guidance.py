@@ -14,6 +14,7 @@ lambda the per-dimension weights; the step at t = 1 (pure noise) is left unguide
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -129,3 +130,31 @@ def parse_guidance_weights(text: str, dims: list[str]) -> dict[str, float]:
     if not all(math.isfinite(v) for v in weights.values()):
         raise ValueError(f"--weights {text!r}: expected finite numbers, got {weights}")
     return {d: weights[d] for d in dims}
+
+
+def latents_sha1(x) -> str:
+    """A fingerprint of one sample's final latents (float32 bytes): equal fingerprints = bit-identical samples."""
+    return hashlib.sha1(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def guided_sample(gen, rm, weights, text, negative, seeds: list[int], shape, cfg, scale: float):
+    """Sample one batch with guidance scale `scale` (cfg: steps, shift, guidance_scale): (latents (B, C, F', H',
+    W'), per-row trajectories of the latent reward, per-row final rewards at t = 0). Without a latent reward model:
+    plain sampling, empty trajectories, no rewards."""
+
+    record = [] if rm is not None else None
+    hook = make_guidance_hook(rm, text, weights, scale, record=record) if rm is not None else None
+    x0 = gen.sample(text, seeds, shape, cfg.steps, cfg.shift, cfg.guidance_scale, negative, velocity_hook=hook)
+    batch = len(seeds)
+    if rm is None:
+        return x0, [[] for _ in range(batch)], [None] * batch
+    trajectories = [[{"t": step["t"], "weighted": step["weighted"][b],
+                      "rewards": {d: v[b] for d, v in step["rewards"].items()}, "grad_rms": step["grad_rms"][b]}
+                     for step in record] for b in range(batch)]
+    device = next(rm.parameters()).device
+    with torch.no_grad():
+        rewards = rm(x0.to(device), 0.0, text.to(device)).float().cpu()  # (B, D) at t = 0
+    w = torch.tensor([weights[d] for d in rm.dims])
+    finals = [{"weighted": float((rewards[b] * w).sum()), "rewards": dict(zip(rm.dims, rewards[b].tolist()))}
+              for b in range(batch)]
+    return x0, trajectories, finals

@@ -298,13 +298,17 @@ MEMORY_METHODS = {
 
 
 def run(cfg: SpeedDpoConfig) -> int:
-    import torch
+    from videoalign.benchmark import torch_threads
+
+    with torch_threads(cfg.threads):
+        return _run(cfg)
+
+
+def _run(cfg: SpeedDpoConfig) -> int:
 
     from videoalign.benchmark import report, resolve_device_dtype, warm_cuda
     from videoalign.gen.tiny import transformer_only
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     template = transformer_only(cfg.model, dtype, cfg.seed)
     inputs = make_inputs(cfg, template, device)

@@ -175,6 +175,13 @@ def time_variants(gen, rm, text, negative, seeds, shape, cfg: SpeedGuideConfig, 
 
 
 def run(cfg: SpeedGuideConfig) -> int:
+    from videoalign.benchmark import torch_threads
+
+    with torch_threads(cfg.threads):
+        return _run(cfg)
+
+
+def _run(cfg: SpeedGuideConfig) -> int:
     import dataclasses
 
     import torch
@@ -182,8 +189,6 @@ def run(cfg: SpeedGuideConfig) -> int:
     from videoalign.benchmark import report, resolve_device_dtype
     from videoalign.gen.tiny import at_depth, transformer_only
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     # 1. the transformer (gen/tiny.py's builder), the k-block reward model from it, seeded random inputs
     template = transformer_only(cfg.model, dtype, cfg.seed)

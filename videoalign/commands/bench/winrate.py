@@ -136,12 +136,10 @@ def _family(model: str, name: str):
 
 # -- the video pairs and resuming -----------------------------------------------------------------------------
 
-def video_name(index: int, video: int, per_prompt: int) -> str:
-    return f"{index:05d}.mp4" if per_prompt == 1 else f"{index:05d}-{video:02d}.mp4"
-
-
 def build_entries(cfg: WinrateConfig, prompts: list[str]) -> list[dict]:
-    """One entry per (prompt i, video j): prompt, seed and the two video paths."""
+    """One entry per (prompt i, video j): prompt, seed and the two video paths (gen/sampling.py's convention)."""
+    from videoalign.gen.sampling import video_name
+
     folders = {s: Path(getattr(cfg, f"{s}_videos") or Path(cfg.output_dir) / "videos" / s) for s in SIDES}
     k = cfg.videos_per_prompt
     return [{"index": i, "video": j, "prompt": p, "seed": cfg.seed + i * k + j,
@@ -186,51 +184,6 @@ def check_resumable(out: Path, cfg: WinrateConfig, entries: list[dict]) -> dict:
 
 
 # -- sampling -------------------------------------------------------------------------------------------------
-
-def load_side(side: str, cfg: WinrateConfig, device, gen=None):
-    """The generator of one side; `gen`, the base model when already loaded, is reused by the base side and takes
-    the aligned side's LoRA (fused) or fine-tuned transformer. An aligned pipeline is loaded on its own."""
-    from videoalign.gen.generator import load_generator
-    from videoalign.gen.lora import load_lora, load_transformer
-
-    if side == "aligned" and model_kind(cfg.aligned) == "pipeline":
-        return load_generator(cfg.aligned, cfg.dtype, device)
-    gen = gen or load_generator(cfg.base, cfg.dtype, device)
-    if side == "base":
-        return gen
-    if model_kind(cfg.aligned) == "transformer":
-        try:
-            return load_transformer(gen, cfg.aligned)
-        except ValueError as exc:
-            raise ValueError(f"aligned: {exc}; pass the model it was fine-tuned from as --base ({cfg.base} now)") from None
-    try:
-        return load_lora(gen, cfg.aligned, fuse=True)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise ValueError(f"aligned: cannot load the LoRA {cfg.aligned} onto --base {cfg.base}: "
-                         f"{str(exc).splitlines()[0]}") from None
-
-
-def sample_side(gen, side: str, jobs: list[dict], cfg: WinrateConfig, show: bool) -> None:
-    """Sample, decode and write (atomically) the `side` videos of `jobs`, batch_size at a time."""
-    import torch
-
-    from videoalign.log import progress
-    from videoalign.video import write_video
-
-    shape = gen.family.latent_shape(cfg.num_frames, cfg.height, cfg.width,
-                                    channels=int(gen.transformer.config.in_channels))
-    use_cfg = cfg.guidance_scale != 1.0
-    negative = gen.pad_text(gen.encode_prompts([cfg.negative_prompt])) if use_cfg else None  # (1, L, D)
-    with progress(len(jobs), f"sampling {side}", enabled=show) as bar, torch.no_grad():
-        for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start:start + cfg.batch_size]
-            text = gen.pad_text(gen.encode_prompts([e["prompt"] for e in chunk]))  # (B, L, D)
-            neg = negative.expand(len(chunk), *negative.shape[1:]) if use_cfg else None
-            x0 = gen.sample(text, [e["seed"] for e in chunk], shape, cfg.steps, cfg.shift, cfg.guidance_scale, neg)
-            for e, frames in zip(chunk, gen.decode(x0)):  # (F, H, W, 3) uint8 each
-                write_video(e[side], frames, cfg.fps)
-            bar.advance(len(chunk))
-
 
 # -- figures --------------------------------------------------------------------------------------------------
 
@@ -320,7 +273,9 @@ def run(cfg: WinrateConfig) -> int:
 
     from videoalign.data import ScoreItem, read_prompt_file, video_key, write_jsonl_atomic
     from videoalign.distributed import broadcast_from_main, make_accelerator, shard
+    from videoalign.gen.generator import load_generator
     from videoalign.gen.lora import check_lora_file, check_transformer_folder
+    from videoalign.gen.sampling import load_aligned, sample_videos
     from videoalign.log import console
     from videoalign.reward.scoring import score_into
 
@@ -349,7 +304,7 @@ def run(cfg: WinrateConfig) -> int:
     gen = None
     kind = model_kind(cfg.aligned) if mine.get("aligned") else None
     if kind in ("lora", "transformer"):  # an aligned model that does not fit the base fails here, before sampling
-        gen = load_side("base", cfg, device)
+        gen = load_generator(cfg.base, cfg.dtype, device)
         check = check_lora_file if kind == "lora" else check_transformer_folder
         try:
             check(gen.transformer, cfg.aligned)
@@ -370,8 +325,10 @@ def run(cfg: WinrateConfig) -> int:
             gen = None  # free the base model first
             gc.collect()
             torch.cuda.empty_cache()
-        gen = load_side(side, cfg, device, gen)
-        sample_side(gen, side, mine[side], cfg, accelerator.is_main_process)
+        gen = load_generator(cfg.base, cfg.dtype, device) if side == "base" else \
+            load_aligned(cfg.aligned, cfg.base, cfg.dtype, device, gen)
+        sample_videos(gen, [(e[side], e["prompt"], e["seed"]) for e in mine[side]], cfg, f"sampling {side}",
+                      accelerator.is_main_process)
     gen = None
     accelerator.wait_for_everyone()
 
