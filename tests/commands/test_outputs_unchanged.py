@@ -189,7 +189,8 @@ def test_train_reward(cli, inputs, runs):
     out = runs / "train_reward"
     _run(cli, "train-reward", "--recipe", DEBUG / "train_reward.yaml", "--set", f"train_csv={inputs['example']}",
          "--set", f"val_csv={inputs['example']}", "--set", f"output_dir={out}")
-    check_golden("train_reward", {"metrics": _jsonl(out / "metrics.jsonl"), "final": _tensors(out / "final")})
+    check_golden("train_reward", {"metrics": _jsonl(out / "metrics.jsonl"), "final": _tensors(out / "final"),
+                                  "config": _json(out / "final" / "config.json")})
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,7 @@ def latent_rm_run(cli, inputs, runs) -> Path:
 def test_train_latent_rm(latent_rm_run):
     out = latent_rm_run
     check_golden("train_latent_rm", {"metrics": _jsonl(out / "metrics.jsonl"), "eval": _json(out / "eval.json"),
-                                     "final": _tensors(out / "final")})
+                                     "final": _tensors(out / "final"), "config": _json(out / "final" / "config.json")})
 
 
 def test_guide(cli, inputs, runs, latent_rm_run):

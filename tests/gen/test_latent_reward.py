@@ -283,3 +283,11 @@ def test_reward_gradient_inside_no_grad_and_weight_errors(gen):
         reward_gradient(model, x_t, t, text, [1.0, 1.0])
     with pytest.raises(ValueError, match="unknown dimensions XX"):
         reward_gradient(model, x_t, t, text, {"XX": 1.0})
+
+
+def test_the_saved_format_name_is_stable(tmp_path):
+    """Folders saved before the package moved latent_reward.py into gen/ say "videoalign.latent_reward"; the name is
+    part of the file format, not the module path, and must not change (docs/formats.md, Training outputs)."""
+    from videoalign.gen.latent_reward import LATENT_REWARD_FORMAT
+
+    assert LATENT_REWARD_FORMAT == "videoalign.latent_reward"

@@ -219,7 +219,7 @@ def parity_run(parity_rm, reference, shared_data):
     }
 
 
-# ---- parity with the reference (docs/numerics.md, Flow conventions and Positions, Reward head and scores) -----------------------------------------------
+# ---- parity with the reference (docs/numerics.md, Positions and Reward head and scores) -----------------------------
 
 
 def test_parity_scores_match_reference(parity_run, reference):

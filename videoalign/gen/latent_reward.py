@@ -18,7 +18,7 @@ Saved format (`save_latent_reward` / `load_latent_reward`): a folder with
     model.safetensors   the state dict (patch_embedding.*, condition_embedder.*, blocks.<i>.*, pool.*, heads.<dim>.*)
                         plus the rope tables (rope.freqs_cos, rope.freqs_sin: buffers outside the state dict), in
                         the dtypes it was saved with (Wan keeps its norms and time embedder in float32)
-    config.json         {"format": "videoalign.gen.latent_reward", "version", "reward": LatentRewardConfig,
+    config.json         {"format": "videoalign.latent_reward", "version", "reward": LatentRewardConfig,
                          "transformer": the WanTransformer3DModel config with num_layers = k (enough to rebuild the
                          k-block architecture without the full transformer), "source_num_layers",
                          "source_model", "timestep_scale", and informational shapes}
@@ -39,7 +39,7 @@ from torch import nn
 from videoalign.gen.families import WAN
 from videoalign.gen.settings import LatentRewardConfig
 
-LATENT_REWARD_FORMAT = "videoalign.gen.latent_reward"
+LATENT_REWARD_FORMAT = "videoalign.latent_reward"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
