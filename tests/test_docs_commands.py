@@ -54,7 +54,7 @@ def test_the_docs_show_commands():
 
 @pytest.mark.parametrize("where, line", LINES, ids=[w for w, _ in LINES])
 def test_a_shown_command_parses(where, line):
-    from videoalign.config import ConfigError, _set_path, load_recipe
+    from videoalign.config import ConfigError, _set_path, field_defaults, load_recipe
 
     args = shlex.split(line)
     cmd = typer.main.get_command(app)
@@ -73,37 +73,11 @@ def test_a_shown_command_parses(where, line):
     if recipe is not None:
         assert (REPO / recipe).is_file(), f"{where}: recipe {recipe} does not exist"
         load_recipe(REPO / recipe)
-    cls = _config_class(path)
+    cls = cmd.callback.config  # the config dataclass the command was generated from
     for item in ctx.params.get("set_") or []:
         key = item.split("=", 1)[0]
         try:
-            _set_path(cls, _defaults_of(cls), key, item.split("=", 1)[1] if "=" in item else None)
+            _set_path(cls, field_defaults(cls), key, item.split("=", 1)[1] if "=" in item else None)
         except ConfigError as exc:
             if "unknown config key" in str(exc):
                 pytest.fail(f"{where}: --set {key}: {exc}")
-
-
-def _config_class(path: list[str]):
-    import importlib
-
-    from videoalign.cli import bench, main  # noqa: F401 - the registrations
-
-    names = {("score",): ("score", "ScoreConfig"), ("train-reward",): ("train_reward", "TrainRewardConfig"),
-             ("relabel",): ("relabel", "RelabelConfig"), ("dpo",): ("dpo", "DpoConfig"), ("rwr",): ("rwr", "RwrConfig"),
-             ("train-latent-rm",): ("train_latent_rm", "TrainLatentRmConfig"), ("guide",): ("guide", "GuideConfig"),
-             ("bench", "reward"): ("bench.reward", "RewardBenchConfig"),
-             ("bench", "winrate"): ("bench.winrate", "WinrateConfig"),
-             ("bench", "speed"): ("bench.speed", "SpeedSuiteConfig")}
-    if tuple(path) in names:
-        module, cls = names[tuple(path)]
-    else:  # bench speed <name>
-        leaf = path[-1].replace("-", "_")
-        module = f"bench.speed_{leaf}"
-        cls = "Speed" + "".join(p.capitalize() for p in leaf.split("_")) + "Config"
-    return getattr(importlib.import_module(f"videoalign.commands.{module}"), cls)
-
-
-def _defaults_of(cls):
-    from videoalign.config import _defaults
-
-    return _defaults(cls)

@@ -59,7 +59,7 @@ def build_config(cls: type, *layers: dict[str, Any] | None):
     Each layer is a mapping of (possibly dotted) keys. Unknown keys and values of the wrong type raise
     ConfigError naming the key. The dataclass's own `__post_init__` then checks cross-field rules.
     """
-    values = _defaults(cls)
+    values = field_defaults(cls)
     for layer in layers:
         for key, value in (layer or {}).items():
             _set_path(cls, values, str(key), value)
@@ -92,7 +92,7 @@ def write_resolved(cfg, path: str | Path, main: bool = True) -> None:
 # --- internals -------------------------------------------------------------------------------------------
 
 
-def _defaults(cls: type) -> dict:
+def field_defaults(cls: type) -> dict:
     """Field defaults as a nested dict, without instantiating `cls` (its __post_init__ checks a whole config)."""
     out = {}
     for f in dataclasses.fields(cls):

@@ -231,19 +231,10 @@ def read_relabel_input(source: str) -> RelabelInput:
         if not path.is_file():
             raise DataError(f"{source}: no such input file; pass a manifest (CSV/JSONL) or a pair CSV")
         text, root, name = path.read_text(encoding="utf-8-sig"), path.parent, str(path)
-    first = text.lstrip()[:1]
-    if first == "{":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                rows.append({"_row": number, "_error": f"{name} line {number}: not valid JSON; fix or delete it"})
-                continue
-            row["_row"] = number
-            rows.append(row)
+    if text.lstrip()[:1] == "{":
+        rows = [{**row, "_row": number} if isinstance(row, dict) else
+                {"_row": number, "_error": f"{name} line {number}: not a JSON object; fix or delete it"}
+                for number, row in json_lines(text)]
         columns = set().union(*(r.keys() for r in rows)) if rows else set()
     else:
         reader = csv.DictReader(io.StringIO(text))
@@ -255,13 +246,11 @@ def read_relabel_input(source: str) -> RelabelInput:
 
         found = read_pairs(name, root, dims=[], check_videos=False, text=text)
         return RelabelInput("pairs", [], root, name, found)
-    if {"video", "prompt"} <= columns:
-        kind = "manifest"
-    else:
+    if not {"video", "prompt"} <= columns:
         found = ",".join(sorted(c for c in columns if not c.startswith("_"))) or "nothing"
         raise DataError(f"{name}: needs the columns prompt,video[,group,model] (a manifest) or path_A,path_B,prompt "
                         f"(a pair CSV); found {found}")
-    return RelabelInput(kind, rows, root, name)
+    return RelabelInput("manifest", rows, root, name)
 
 
 @dataclass(frozen=True)
@@ -292,7 +281,7 @@ def read_rewarded_videos(source: str | Path, videos_root: str | Path | None = No
     rows = json_lines(text) if jsonl else []
     # a pair file if any line looks like a pair: a first line that lacks "chosen" must stay one problem
     if not jsonl or any(isinstance(r, dict) and ("chosen" in r or "rejected" in r) for _, r in rows):
-        found = read_preferences(path, videos_root)
+        found = read_preferences(path, videos_root, text)
         pairs, problems = found.pairs, found.problems
         if need_rewards:
             unscored = [p for p in pairs if p.rewards() is None]

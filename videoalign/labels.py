@@ -126,6 +126,10 @@ class PairFile:
     kind: str
     repeated: int = 0
 
+    def note(self) -> str:
+        """", N repeated rows kept" for a run's data report ("" when no row repeats)."""
+        return f", {self.repeated} repeated rows kept" if self.repeated else ""
+
 
 def read_pairs(source: str | Path, videos_root: str | Path | None = None, dims: list[str] | None = None, *,
                check_videos: bool = True, text: str | None = None) -> PairFile:
@@ -135,18 +139,15 @@ def read_pairs(source: str | Path, videos_root: str | Path | None = None, dims: 
     paths relative to videos_root or the working directory."""
     path = Path(source)
     if text is None:
-        if not path.is_file():
-            raise DataError(f"{path}: no such file; pass relabel's pairs JSONL or a pair CSV")
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_pair_text(path)
         root = Path(videos_root) if videos_root else path.parent
     else:
         root = Path(videos_root) if videos_root else Path.cwd()
     if text.lstrip()[:1] == "{":
         kind, rows = "jsonl", json_lines(text)
+        columns = [c for _, r in rows if isinstance(r, dict) for c in r]
     else:
-        kind, rows = "csv", _csv_rows(text)
-    columns = [c for _, r in rows if isinstance(r, dict) for c in r] if kind == "jsonl" else \
-        _csv_columns(text)
+        kind, (columns, rows) = "csv", _csv_rows(text)
     if {"left_video", "right_video", "vote_type"} <= set(columns):
         kind = "votes"
     elif kind == "csv":
@@ -179,17 +180,21 @@ def read_pairs(source: str | Path, videos_root: str | Path | None = None, dims: 
 
 # -- rows ------------------------------------------------------------------------------------------------------
 
-def _csv_columns(text: str) -> list[str]:
-    return [c.strip() for c in (csv.DictReader(io.StringIO(text)).fieldnames or [])]
+def read_pair_text(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass relabel's pairs JSONL or a pair CSV")
+    return path.read_text(encoding="utf-8-sig")
 
 
-def _csv_rows(text: str) -> list[tuple[int, dict]]:
+def _csv_rows(text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(the header's columns, [(line number, row with stripped keys and cells)])."""
     reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
     rows = []
     for row in reader:
         rows.append((reader.line_num, {(k or "").strip(): (v or "").strip() if isinstance(v, str) else ""
                                        for k, v in row.items()}))
-    return rows
+    return columns, rows
 
 
 def _dims(path: Path, kind: str, columns: list[str], rows, dims) -> list[str]:
@@ -271,7 +276,7 @@ def _jsonl_pair(row, root: Path, n: int, dims) -> Pair:
     if isinstance(given, dict):
         for d in dims:
             labels[d] = _label(given[d], SIDES, d) if d in given else INVALID
-        for key in (REWARD, "Overall"):  # the weighted-reward label (named Overall before 0.1)
+        for key in (REWARD, "Overall"):  # the weighted-reward label (older relabel files call it Overall)
             if key in given:
                 labels[REWARD] = _label(given[key], SIDES, key)
     elif sa is not None:
@@ -303,15 +308,16 @@ def _vote_pair(row, root: Path, n: int, dims) -> Pair:
     return Pair(n, str(prompt), a, b, _resolve(root, a), _resolve(root, b), {"Overall": label})
 
 
-def read_preferences(source: str | Path, videos_root: str | Path | None = None) -> PairFile:
+def read_preferences(source: str | Path, videos_root: str | Path | None = None, text: str | None = None) -> PairFile:
     """The pairs of a pair file oriented chosen = A, rejected = B (Pair.preferred), for Flow-DPO and Flow-RWR: a
     pair with no preferred side (a CSV tie) is a problem. Relabel's JSONL needs no labels (its chosen side is A);
-    a CSV's labels decide."""
+    a CSV's labels decide. `text`: the file's content when the caller has read it already."""
     import re
 
     path = Path(source)
-    jsonl = path.is_file() and path.read_text(encoding="utf-8-sig").lstrip()[:1] == "{"
-    found = read_pairs(path, videos_root, [] if jsonl else None)
+    text = read_pair_text(path) if text is None else text
+    jsonl = text.lstrip()[:1] == "{"
+    found = read_pairs(path, videos_root or path.parent, [] if jsonl else None, text=text)
     oriented, problems = [], list(found.problems)
     for pair in found.pairs:
         side = 1 if jsonl else pair.preferred()

@@ -18,18 +18,20 @@ A command builds its parts (the model, its optimiser and schedule, the training 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: what a run writes into its output folder (the latent cache, also there by default, is never deleted)
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "final", "final_reference", "merged", "samples", "eval.json",
-               "eval.png", "resolved_recipe.yaml")
+#: the outputs that show a folder holds a run (refused without --resume or --overwrite)
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final", "final_reference", "merged")
+#: what a run writes into its output folder, deleted by --overwrite (the latent cache, also there by default, is kept)
+RUN_OUTPUTS = (*RUN_MARKERS, "samples", "eval.json", "eval.png", "resolved_recipe.yaml")
 #: test hook: SIGKILL the process right after this optimiser step is logged (tests of exact resume)
 KILL_AFTER_STEP = "VIDEOALIGN_KILL_AFTER_STEP"
 
@@ -93,7 +95,7 @@ def check_output_dir(cfg: TrainingConfig, accelerator) -> None:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir {out} is a file; pass a folder for the run's outputs")
-    held = [name for name in RUN_OUTPUTS[:5] if (out / name).exists()]
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
     if held and not cfg.resume and not cfg.overwrite:
         raise ValueError(f"output_dir {out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
                          "--overwrite to replace it, or another --output-dir")
@@ -107,6 +109,33 @@ def check_output_dir(cfg: TrainingConfig, accelerator) -> None:
                     target.unlink()
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+
+
+def plan(cfg: TrainingConfig, n: int, world: int, source: str) -> tuple[int, int]:
+    """(global batch, total optimiser steps) of a run over n items on `world` processes; a ValueError naming
+    `source` when n is less than one global batch."""
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if n < global_batch:
+        raise ValueError(f"{source}: {n} usable items, fewer than one global batch ({cfg.batch_size} x "
+                         f"{cfg.grad_accum} x {world} processes)")
+    return global_batch, cfg.max_steps or cfg.epochs * (n // global_batch)
+
+
+def report_data(cfg: TrainingConfig, name: str, items: list, problems: list[str], world: int, main: bool,
+                source: str, extra: str = "", note: str = "") -> int:
+    """Print the skipped items (rank 0), refuse data smaller than one global batch (plan), and print what the run
+    will do: "<n> <name> (<k> skipped<extra>), <steps> steps of <global batch> on <world> process(es)<note>".
+    Returns the total steps."""
+    from videoalign.log import console
+
+    if main:
+        for problem in problems:
+            console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+    global_batch, steps = plan(cfg, len(items), world, source)
+    if main:
+        console.print(f"{len(items)} {name} ({len(problems)} skipped{extra}), {steps} steps of {global_batch} on "
+                      f"{world} process(es){note}", highlight=False)
+    return steps
 
 
 def step_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
@@ -149,6 +178,15 @@ def trainable_params(module) -> dict:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
+def item_key(item) -> str:
+    """What identifies a training item for the resume guard: its prompt, video file names (not folders: moving the
+    data keeps a run resumable), labels and rewards."""
+    fields = [item.prompt] + [Path(getattr(item, k)).name for k in ("path_a", "path_b", "path") if hasattr(item, k)]
+    fields += [repr(getattr(item, k)) for k in ("labels", "scores_a", "scores_b", "weights", "reward")
+               if hasattr(item, k)]
+    return "\t".join(fields)
+
+
 @dataclass
 class Objective:
     """What a command hands the trainer.
@@ -158,14 +196,13 @@ class Objective:
     per-item noise), `step_items` the whole global batch (for batch-normalised weights). A loss that ran its own
     backward passes returns a loss without grad. Stats are gathered over ranks and micro-steps and averaged, unless
     `summarize` turns the gathered tensors into the logged figures. `prepare(batch)` runs in num_workers threads
-    ahead of the model (decoding). `key(item)` identifies an item for the resume guard."""
+    ahead of the model (decoding)."""
 
     name: str
     items: list
     loss: Callable
     prepare: Callable | None = None
     summarize: Callable[[dict], dict] | None = None
-    key: Callable[[Any], str] = repr
 
 
 @dataclass
@@ -186,20 +223,19 @@ class Trainer:
     eval_every: int = 0
     finish: Callable[[], None] | None = None
     sharded: bool = False
-    state: dict = field(default_factory=dict)  # extra state.json entries, checked on resume
 
     def __post_init__(self):
         acc = self.accelerator
         self.rank, self.world, self.main = acc.process_index, acc.num_processes, acc.is_main_process
         self.out = Path(self.cfg.output_dir)
-        self.global_batch = self.cfg.batch_size * self.cfg.grad_accum * self.world
         n = len(self.objective.items)
-        self.total_steps = self.cfg.max_steps or self.cfg.epochs * (n // self.global_batch)
+        self.global_batch, self.total_steps = plan(self.cfg, n, self.world, self.objective.name)
         self.params = trainable_params(self.module)
         self.ema = Ema(self.params, self.cfg.ema_decay) if self.cfg.ema_decay else None
-        digest = hashlib.sha1("\n".join(map(self.objective.key, self.objective.items)).encode()).hexdigest()
+        digest = hashlib.sha1("\n".join(map(item_key, self.objective.items)).encode()).hexdigest()
+        #: what the run is for, in every checkpoint's state.json; a resume with other values is refused
         self.state = {"objective": self.objective.name, "items": n, "global_batch": self.global_batch,
-                      "seed": self.cfg.seed, "data_sha1": digest, **self.state}
+                      "seed": self.cfg.seed, "data_sha1": digest}
 
     # -- resume -------------------------------------------------------------------------------------------------
     def _resume(self) -> int:
@@ -231,12 +267,12 @@ class Trainer:
     def _jobs(self, start: int):
         """(step, positions, items) of every micro-step from `start` on, in order."""
         items, cfg = self.objective.items, self.cfg
+        positions = list(range(self.rank, self.global_batch, self.world))
         for step in range(start, self.total_steps):
-            order = step_indices(step, len(items), self.global_batch, cfg.seed)
-            positions = list(range(self.rank, self.global_batch, self.world))
+            step_items = [items[i] for i in step_indices(step, len(items), self.global_batch, cfg.seed)]
             for m in range(cfg.grad_accum):
                 mine = positions[m * cfg.batch_size:(m + 1) * cfg.batch_size]
-                yield step, mine, [items[order[j]] for j in mine], [items[i] for i in order]
+                yield step, mine, [step_items[j] for j in mine], step_items
 
     def _micro_step(self, job, prepared) -> tuple[Any, dict]:
         acc, cfg = self.accelerator, self.cfg
@@ -322,18 +358,13 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return result
 
+    @contextlib.contextmanager
     def averaged(self):
         """A context in which the trainable parameters hold the EMA weights (when there is an EMA)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def swap():
+        if self.ema is not None:
+            self.ema.swap(self.params)
+        try:
+            yield
+        finally:
             if self.ema is not None:
                 self.ema.swap(self.params)
-            try:
-                yield
-            finally:
-                if self.ema is not None:
-                    self.ema.swap(self.params)
-
-        return swap()

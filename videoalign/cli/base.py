@@ -80,14 +80,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 def _shown(value) -> str | None:
     """How a default is shown in --help (None: not shown)."""
     if value is None or value == [] or value == "":
@@ -125,8 +117,10 @@ class _Option:
 
 
 def _options(cls: type, positional: tuple[str, ...], prefix: str = "", panel: str | None = None) -> list[_Option]:
+    from videoalign.config import field_defaults
+
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
+    docs, defaults = field_docs(cls), field_defaults(cls)
     out: list[_Option] = []
     nested = []
     for f in dataclasses.fields(cls):
@@ -135,7 +129,7 @@ def _options(cls: type, positional: tuple[str, ...], prefix: str = "", panel: st
         if dataclasses.is_dataclass(ftype):
             nested.append((f, ftype, key))
             continue
-        doc, default = docs.get(f.name, ""), _default(f)
+        doc, default = docs.get(f.name, ""), defaults[f.name]
         param = key.replace(".", "__")
         if key in positional:
             info = typer.Argument(None, help=doc, metavar=f.name.upper(), show_default=False)
@@ -209,6 +203,7 @@ def register(target: typer.Typer, name: str | None, module_name: str, config: st
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = (name or "callback").replace("-", "_")
     command.__doc__ = _help(module)
+    command.config = cls  # the command's config dataclass (tests read it off the click command's callback)
     if callback:
         target.callback(invoke_without_command=True, help=command.__doc__)(command)
     else:

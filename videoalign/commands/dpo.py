@@ -60,4 +60,4 @@ def run(cfg: DpoConfig) -> int:
         def loss(parts, cache, batch, _step_items, t, noise):
             return dpo_step(parts, cache, batch, t, noise, cfg.beta, cfg.beta_schedule)
     return run_alignment(cfg, "pair", found.pairs, lambda p: [p.path_a, p.path_b], loss, accelerator,
-                         found.problems, needs_reference=True)
+                         found.problems, needs_reference=True, extra=found.note())

@@ -115,10 +115,10 @@ def run(cfg: TrainLatentRmConfig) -> int:
     from videoalign.gen.generator import load_generator
     from videoalign.gen.latent_reward import save_latent_reward
     from videoalign.gen.objectives import latent_rm_accuracy, latent_rm_step, train_accuracy
-    from videoalign.gen.training import draw_noise, drop_unencoded, item_key, prepare_cache, report_items
+    from videoalign.gen.training import draw_noise, drop_unencoded, prepare_cache
     from videoalign.labels import read_pairs
     from videoalign.log import console
-    from videoalign.trainer import Objective, Trainer, check_output_dir
+    from videoalign.trainer import Objective, Trainer, check_output_dir, report_data
 
     accelerator = make_accelerator(cfg.device, gradient_accumulation_steps=cfg.grad_accum)
     if is_sharded(accelerator):  # its checkpoints and evaluation read whole parameters on rank 0
@@ -142,7 +142,8 @@ def run(cfg: TrainLatentRmConfig) -> int:
     if val_items is not None:
         val_items = drop_unencoded(cfg.val_data, val_items, lambda p: (p.path_a, p.path_b), cache, errors,
                                    val_problems)
-    report_items(cfg, "pair", items, problems + val_problems, accelerator.num_processes, main)
+    report_data(cfg, "pair items", items, problems + val_problems, accelerator.num_processes, main, cfg.data,
+                found.note())
     if val_items is not None and not val_items:
         raise ValueError(f"{cfg.val_data}: no usable pairs ({len(val_problems)} skipped)")
 
@@ -175,7 +176,7 @@ def run(cfg: TrainLatentRmConfig) -> int:
             console.print(f"saved latent reward model {out / 'final'} (load with load_latent_reward); accuracy by "
                           f"noise level in {out / 'eval.json'}", highlight=False)
 
-    objective = Objective("pair", items, loss, summarize=train_accuracy, key=item_key)
+    objective = Objective("pair", items, loss, summarize=train_accuracy)
     Trainer(cfg, accelerator, objective, model, rm, optimizer, scheduler, evaluate=evaluate,
             eval_every=cfg.eval_every, finish=finish).fit()
     return 0

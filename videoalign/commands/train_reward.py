@@ -92,7 +92,7 @@ def run(cfg: TrainRewardConfig) -> int:
     from videoalign.reward import training
     from videoalign.reward.trainable import enable_activation_checkpointing, wrap_for_training
     from videoalign.reward.videoreward import VideoReward
-    from videoalign.trainer import Objective, Trainer, check_output_dir
+    from videoalign.trainer import Objective, Trainer, check_output_dir, report_data
 
     precision = cfg.mixed_precision
     if precision == "auto":
@@ -105,18 +105,9 @@ def run(cfg: TrainRewardConfig) -> int:
     found = read_pairs(cfg.train_csv, cfg.videos_root, cfg.dims)
     dims, pairs = found.dims, found.pairs
     val_pairs = read_pairs(cfg.val_csv, cfg.videos_root, dims).pairs if cfg.val_csv else []
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if len(pairs) < global_batch:
-        raise ValueError(f"{cfg.train_csv}: {len(pairs)} usable pairs, fewer than one global batch "
-                         f"({cfg.batch_size} x {cfg.grad_accum} x {world} processes)")
-    total_steps = cfg.max_steps or cfg.epochs * (len(pairs) // global_batch)
     write_resolved(cfg, out / "resolved_recipe.yaml", main)
-    if main:
-        for problem in found.problems:
-            console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
-        console.print(f"{len(pairs)} training pairs ({len(found.problems)} skipped, {found.repeated} repeated rows "
-                      f"kept), dims {','.join(dims)}, {total_steps} steps of {global_batch} pairs on {world} "
-                      "process(es)", highlight=False)
+    total_steps = report_data(cfg, "training pairs", pairs, found.problems, world, main, cfg.train_csv,
+                              found.note(), f", dims {','.join(dims)}")
 
     # 2. Model, trainable parameters, optimiser, schedule.
     model, tokenizer, rconfig = training.build_model(cfg, dims)
@@ -154,8 +145,7 @@ def run(cfg: TrainRewardConfig) -> int:
             console.print(f"saved {out / 'final'}" + (f" and {out / 'final_reference'}"
                                                      if cfg.export_layout == "reference" else ""), highlight=False)
 
-    objective = Objective("pair", pairs, loss, prepare=prepare, key=lambda p: "\t".join(
-        [p.prompt, Path(p.path_a).name, Path(p.path_b).name, repr(p.dim_labels(dims))]))
+    objective = Objective("pair", pairs, loss, prepare=prepare)
     Trainer(cfg, accelerator, objective, ddp_model, peft_model, optimizer, scheduler,
             evaluate=evaluate if cfg.val_csv else None, eval_every=cfg.eval_every, finish=finish).fit()
     return 0

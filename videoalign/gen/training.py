@@ -73,23 +73,6 @@ def drop_unencoded(data, items: list, videos_of, cache, errors: dict, problems: 
     return usable
 
 
-def report_items(cfg, name: str, items: list, problems: list[str], world: int, main: bool, note: str = "") -> None:
-    """Print the skipped items, and refuse data smaller than one global batch."""
-    from videoalign.log import console
-
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if main:
-        for problem in problems:
-            console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
-    if len(items) < global_batch:
-        raise ValueError(f"{cfg.data}: {len(items)} usable {name} items ({len(problems)} skipped), fewer than one "
-                         f"global batch ({cfg.batch_size} x {cfg.grad_accum} x {world} processes)")
-    if main:
-        steps = cfg.max_steps or cfg.epochs * (len(items) // global_batch)
-        console.print(f"{len(items)} {name} items ({len(problems)} skipped), {steps} steps of {global_batch} on "
-                      f"{world} process(es){note}", highlight=False)
-
-
 @dataclass
 class Parts:
     """What an alignment loss needs: the generator, the trainable module (maybe DDP-wrapped), the plain
@@ -183,15 +166,16 @@ def _trainable_transformer(cfg: AlignConfig, gen, needs_reference: bool):
 
 
 def run_alignment(cfg: AlignConfig, name: str, items: list, videos_of, loss, accelerator, problems: list[str],
-                  needs_reference: bool = False) -> int:
+                  needs_reference: bool = False, extra: str = "") -> int:
     """Cache, build, train (trainer.py), sample, export: dpo and rwr. `loss(parts, cache, batch, step_items, t,
-    noise) -> (loss, stats)`; `videos_of(item)` lists an item's videos. Exit code 0."""
+    noise) -> (loss, stats)`; `videos_of(item)` lists an item's videos; `extra` adds to the data report (", N
+    repeated rows kept"). Exit code 0."""
     from transformers import get_constant_schedule_with_warmup
 
     from videoalign.config import write_resolved
     from videoalign.distributed import is_sharded
     from videoalign.gen.generator import load_generator
-    from videoalign.trainer import Objective, Trainer, trainable_params
+    from videoalign.trainer import Objective, Trainer, report_data, trainable_params
 
     main, world = accelerator.is_main_process, accelerator.num_processes
     sharded = is_sharded(accelerator)  # FSDP2: parameters become DTensor shards in prepare
@@ -205,7 +189,7 @@ def run_alignment(cfg: AlignConfig, name: str, items: list, videos_of, loss, acc
     videos = [v for item in items for v in videos_of(item)]
     cache, errors = prepare_cache(cfg, gen, videos, [item.prompt for item in items], accelerator)
     items = drop_unencoded(cfg.data, items, videos_of, cache, errors, problems)
-    report_items(cfg, name, items, problems, world, main, " (FSDP2)" if sharded else "")
+    report_data(cfg, f"{name} items", items, problems, world, main, cfg.data, extra, " (FSDP2)" if sharded else "")
 
     # 2. Validation prompts are encoded now; the text encoder then leaves the accelerator.
     val_texts = negative = None
@@ -237,15 +221,7 @@ def run_alignment(cfg: AlignConfig, name: str, items: list, videos_of, loss, acc
         if main or sharded:
             export(cfg, parts, out, main)
 
-    objective = Objective(name, items, objective_loss, key=item_key)
+    objective = Objective(name, items, objective_loss)
     Trainer(cfg, accelerator, objective, model, transformer, optimizer, scheduler, evaluate=evaluate,
             eval_every=cfg.validate_every, finish=finish, sharded=sharded).fit()
     return 0
-
-
-def item_key(item) -> str:
-    """What identifies a training item for the resume guard: its prompt, video file names, labels and rewards."""
-    fields = [item.prompt] + [Path(getattr(item, k)).name for k in ("path_a", "path_b", "path") if hasattr(item, k)]
-    fields += [repr(getattr(item, k)) for k in ("labels", "scores_a", "scores_b", "weights", "reward")
-               if hasattr(item, k)]
-    return "\t".join(fields)

@@ -152,15 +152,8 @@ def test_every_planned_argv_parses_into_its_config(device):
     import typer.main
 
     from videoalign.cli import app
-    from videoalign.commands.bench.speed_dpo import SpeedDpoConfig
-    from videoalign.commands.bench.speed_guide import SpeedGuideConfig
-    from videoalign.commands.bench.speed_relabel import SpeedRelabelConfig
-    from videoalign.commands.bench.speed_score import SpeedScoreConfig
-    from videoalign.commands.bench.speed_train_reward import SpeedTrainRewardConfig
     from videoalign.config import build_config, load_recipe
 
-    classes = {"score": SpeedScoreConfig, "relabel": SpeedRelabelConfig, "train-reward": SpeedTrainRewardConfig,
-               "dpo": SpeedDpoConfig, "guide": SpeedGuideConfig}
     speed = typer.main.get_command(app).commands["bench"].commands["speed"]
     for name, argv in plan(SpeedSuiteConfig(device=device)).items():
         ctx = speed.commands[name].make_context(name, [*argv, "--output", "x.json"])
@@ -168,7 +161,7 @@ def test_every_planned_argv_parses_into_its_config(device):
                  and ctx.get_parameter_source(k).name == "COMMANDLINE"}
         params = {k.replace("__", "."): list(v) if isinstance(v, tuple) else v for k, v in given.items()}
         recipe = load_recipe(ctx.params["recipe"]) if ctx.params.get("recipe") else {}
-        cfg = build_config(classes[name], recipe, params)
+        cfg = build_config(speed.commands[name].callback.config, recipe, params)
         if device == "cuda":
             assert getattr(cfg, "device") == "cuda", name
             assert "random" in (getattr(cfg, "model", None) or getattr(cfg, "base_model", "")), name
